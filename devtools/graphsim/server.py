@@ -1,0 +1,533 @@
+"""The HTTPS server, the admin API and the cross-cutting Graph behaviour.
+
+Cross-cutting behaviour implemented here (sources in README.md):
+
+* Every ``/v1.0`` call needs a bearer token from the token endpoint, else
+  ``401 InvalidAuthenticationToken``.
+* Throttling: injected faults answer ``429`` (or ``503``) with ``Retry-After`` and a Graph error
+  body; more than 4 concurrent requests of one app to one mailbox answer
+  ``429 ApplicationThrottled`` "Application is over its MailboxConcurrency limit." (Outlook
+  service limits: 4 concurrent requests per app per mailbox).
+* Every response carries ``request-id`` and ``client-request-id`` (echoed when the client sent one).
+
+The server listens on loopback only, with a certificate from a throw-away ``trustme`` CA whose
+PEM is written to ``<state_dir>/ca.pem``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import trustme
+
+from devtools.graphsim.auth import AuthService
+from devtools.graphsim.odata import GraphError, error_body, parse_prefer
+from devtools.graphsim.routes import JSON_CONTENT_TYPE, GraphService, Request, Response
+from devtools.graphsim.store import Store
+
+MAILBOX_CONCURRENCY_LIMIT = 4
+
+
+def _require_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        if ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"graphsim only listens on loopback addresses, not {host!r}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    sim: GraphSim
+    ssl_context: ssl.SSLContext
+
+    def __init__(self, addr: tuple[str, int], sim: GraphSim, ctx: ssl.SSLContext):
+        self.sim = sim
+        self.ssl_context = ctx
+        self.connections: set[socket.socket] = set()
+        self.conn_lock = threading.Lock()
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(addr, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # TLS handshake in the worker thread, so a slow client cannot stall the accept loop.
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        with self.conn_lock:
+            self.connections.add(tls)
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            with self.conn_lock:
+                self.connections.discard(tls)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | ssl.SSLError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+    def close_connections(self) -> None:
+        with self.conn_lock:
+            conns = list(self.connections)
+        for conn in conns:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "graphsim/1"
+    timeout = 60
+    server: _Server
+
+    def do_GET(self) -> None:
+        self.server.sim._dispatch(self)
+
+    do_POST = do_PATCH = do_DELETE = do_PUT = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.sim.verbose:  # method, path and status only: no headers, no bodies
+            sys.stderr.write("graphsim: " + (format % args) + "\n")
+
+
+class GraphSim:
+    """A local Microsoft Graph (calendar subset) and Microsoft identity platform stand-in.
+
+    >>> with GraphSim(port=0, state_dir=tmp) as sim:            # doctest: +SKIP
+    ...     sim.register_app("tenant", "client", client_secret="s3cret")
+    ...     sim.add_user("ada@contoso.test")
+    ...     requests.get(f"{sim.graph_url}/users/ada@contoso.test", verify=sim.ca_path, ...)
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        state_dir: str | Path | None = None,
+        *,
+        verbose: bool = False,
+    ) -> None:
+        _require_loopback(host)
+        self.host = host
+        self._requested_port = port
+        self.verbose = verbose
+        self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="graphsim-"))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ca = trustme.CA(organization_name="graphsim throw-away test CA")
+        self.ca_path = str(self.state_dir / "ca.pem")
+        self._ca.cert_pem.write_to_path(self.ca_path)
+        self.store = Store()
+        self.auth = AuthService()
+        self.graph = GraphService(self.store)
+        self.mailbox_concurrency_limit = MAILBOX_CONCURRENCY_LIMIT
+        self._log_lock = threading.Lock()
+        self._request_log: list[dict[str, Any]] = []
+        self._response_log: list[dict[str, Any]] = []
+        self._faults: list[tuple[int, float, str, str]] = []
+        self._fault_lock = threading.Lock()
+        self._inflight: dict[tuple[str, str], int] = {}
+        self._latency = 0.0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> GraphSim:
+        if self._server is not None:
+            return self
+        names = ["127.0.0.1", "localhost", "::1"]
+        if self.host not in names:
+            names.insert(0, self.host)
+        cert = self._ca.issue_cert(*names)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        self._server = _Server((self.host, self._requested_port), self, ctx)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="graphsim", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> GraphSim:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("GraphSim is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def authority_host(self) -> str:
+        """``https://127.0.0.1:PORT``: msal authority is ``f"{authority_host}/{tenant_id}"``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def graph_url(self) -> str:
+        """``https://127.0.0.1:PORT/v1.0``: stands for ``https://graph.microsoft.com/v1.0``."""
+        return f"{self.authority_host}/v1.0"
+
+    # -- admin API ---------------------------------------------------------------------------
+    def register_app(
+        self,
+        tenant_id: str,
+        client_id: str,
+        client_secret: str | None = None,
+        certificate_pem: str | bytes | None = None,
+    ) -> None:
+        self.auth.register_app(tenant_id, client_id, client_secret, certificate_pem)
+
+    def add_user(self, upn: str, display_name: str | None = None) -> str:
+        """Create a mailbox with its primary calendar "Calendar"; returns the user id."""
+        return self.store.add_user(upn, display_name).id
+
+    def add_calendar(self, upn: str, name: str, can_edit: bool = True) -> str:
+        user = self.store.find_user(upn)
+        if user is None:
+            raise KeyError(upn)
+        return self.store.add_calendar(user, name, can_edit=can_edit).id
+
+    def default_calendar_id(self, upn: str) -> str:
+        user = self.store.find_user(upn)
+        if user is None:
+            raise KeyError(upn)
+        return user.default_calendar_id
+
+    @property
+    def request_log(self) -> list[dict[str, Any]]:
+        """Graph and identity requests: ``{method, path, query, status, user, app, time}``."""
+        with self._log_lock:
+            return list(self._request_log)
+
+    def reset_request_log(self) -> None:
+        with self._log_lock:
+            self._request_log.clear()
+
+    @property
+    def response_log(self) -> list[dict[str, Any]]:
+        """Every JSON body emitted on ``/v1.0`` and the identity endpoints (access tokens redacted):
+        ``{method, path, query, status, body}``."""
+        with self._log_lock:
+            return list(self._response_log)
+
+    def reset_response_log(self) -> None:
+        with self._log_lock:
+            self._response_log.clear()
+
+    @property
+    def sent_invitations(self) -> list[dict[str, Any]]:
+        """Meeting mail Exchange would have sent: ``{user, event_id, action, subject, attendees, time}``
+        for every create/update/delete of an event that has attendees."""
+        with self._log_lock:
+            return list(self.graph.sent_invitations)
+
+    def reset_sent_invitations(self) -> None:
+        with self._log_lock:
+            self.graph.sent_invitations.clear()
+
+    def inject_throttle(
+        self, count: int, retry_after: float = 1, status: int = 429, code: str | None = None
+    ) -> None:
+        """The next ``count`` Graph requests answer ``status`` (429 or 503) with ``Retry-After``."""
+        if status not in (429, 503):
+            raise ValueError("status must be 429 or 503")
+        if status == 429:
+            code, message = code or "TooManyRequests", "Please retry again later."
+        else:
+            code, message = (
+                code or "ServiceNotAvailable",
+                "The service is temporarily unavailable. Please retry later.",
+            )
+        with self._fault_lock:
+            self._faults.extend([(status, float(retry_after), code, message)] * count)
+
+    def expire_delta_tokens(self, with_location: bool = False) -> None:
+        """Every delta/skip token issued so far answers 410 Gone ``SyncStateNotFound``
+        (``with_location``: plus a ``Location`` header that starts a new round)."""
+        self.graph.delta_tokens.expire_all(with_location)
+
+    def inject_empty_delta_pages(self, count: int) -> None:
+        self.graph.inject_empty_delta_pages(count)
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay every Graph request (to exercise the mailbox concurrency limit)."""
+        self._latency = max(0.0, float(seconds))
+
+    @property
+    def token_lifetime(self) -> int:
+        return self.auth.token_lifetime
+
+    @token_lifetime.setter
+    def token_lifetime(self, seconds: int) -> None:
+        self.auth.token_lifetime = int(seconds)
+
+    # -- request handling ----------------------------------------------------------------------
+    def _dispatch(self, h: _Handler) -> None:
+        url = urlsplit(h.path)
+        segments = [unquote(s) for s in url.path.split("/") if s]
+        query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        request_id = str(uuid.uuid4())
+        client_request_id = h.headers.get("client-request-id") or request_id
+        record: dict[str, Any] = {
+            "method": h.command,
+            "path": "/" + "/".join(segments),
+            "query": query,
+            "status": None,
+            "user": None,
+            "app": None,
+            "time": time.time(),
+        }
+        admin = bool(segments) and segments[0] == "_sim"
+        try:
+            if segments[:1] == ["v1.0"]:
+                resp = self._graph_call(h, segments[1:], query, body, request_id, client_request_id, record)
+            elif admin:
+                resp = self._admin_call(h.command, segments[1:], body)
+            else:
+                resp = self._identity_call(h.command, segments, body, record)
+        except Exception:  # a bug in the stand-in: answer like Graph does, keep serving
+            traceback.print_exc()
+            resp = Response(
+                500, error_body("UnknownError", "graphsim internal error", request_id, client_request_id)
+            )
+        resp.headers.setdefault("request-id", request_id)
+        resp.headers.setdefault("client-request-id", client_request_id)
+        record["status"] = resp.status
+        if not admin:
+            with self._log_lock:
+                self._request_log.append(record)
+                if isinstance(resp.body, dict):
+                    logged = resp.body
+                    if "access_token" in logged:
+                        logged = {**logged, "access_token": "<redacted>"}
+                    self._response_log.append(
+                        {k: record[k] for k in ("method", "path", "query", "status")} | {"body": logged}
+                    )
+        self._write(h, resp)
+
+    @staticmethod
+    def _write(h: _Handler, resp: Response) -> None:
+        payload = b""
+        if resp.body is not None:
+            payload = json.dumps(resp.body).encode()
+            resp.headers.setdefault("Content-Type", JSON_CONTENT_TYPE)
+            resp.headers.setdefault("OData-Version", "4.0")
+        h.send_response(resp.status)
+        for name, value in resp.headers.items():
+            h.send_header(name, value)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        if payload and h.command != "HEAD":
+            h.wfile.write(payload)
+
+    def _graph_call(
+        self,
+        h: _Handler,
+        segments: list[str],
+        query: dict[str, str],
+        body: bytes,
+        request_id: str,
+        client_request_id: str,
+        record: dict[str, Any],
+    ) -> Response:
+        req = Request(
+            method=h.command,
+            segments=segments,
+            query=query,
+            headers=h.headers,  # type: ignore[arg-type]
+            body=body,
+            graph_url=self.graph_url,
+            request_id=request_id,
+            client_request_id=client_request_id,
+            prefer=parse_prefer(h.headers.get_all("Prefer") or []),
+        )
+        try:
+            token = self.auth.validate_bearer(h.headers.get("Authorization"))
+            req.app = token
+            record["app"] = token.client_id
+            mailbox = segments[1] if len(segments) >= 2 and segments[0].lower() == "users" else None
+            user = self.store.find_user(mailbox) if mailbox else None
+            record["user"] = user.upn if user else mailbox
+            self._take_fault()
+            with self._mailbox_slot(token.client_id, user.id if user else (mailbox or "").lower()):
+                if self._latency:
+                    time.sleep(self._latency)
+                return self.graph.handle(req)
+        except GraphError as err:
+            return Response(
+                err.status, error_body(err.code, err.message, request_id, client_request_id), err.headers
+            )
+
+    def _take_fault(self) -> None:
+        with self._fault_lock:
+            if not self._faults:
+                return
+            status, retry_after, code, message = self._faults.pop(0)
+        value = str(int(retry_after)) if float(retry_after).is_integer() else str(retry_after)
+        raise GraphError(status, code, message, {"Retry-After": value})
+
+    @contextmanager
+    def _mailbox_slot(self, app: str, mailbox: str) -> Iterator[None]:
+        key = (app.lower(), mailbox)
+        with self._fault_lock:
+            if mailbox and self._inflight.get(key, 0) >= self.mailbox_concurrency_limit:
+                raise GraphError(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    {"Retry-After": "1"},
+                )
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._fault_lock:
+                self._inflight[key] -= 1
+
+    def _identity_call(
+        self, method: str, segments: list[str], body: bytes, record: dict[str, Any]
+    ) -> Response:
+        host = self.authority_host
+        if (
+            method == "GET"
+            and len(segments) == 4
+            and segments[1:] == ["v2.0", ".well-known", "openid-configuration"]
+        ):
+            status, doc = self.auth.openid_configuration(segments[0], host)
+            return Response(status, doc)
+        if method == "GET" and len(segments) == 4 and segments[1:] == ["discovery", "v2.0", "keys"]:
+            return Response(200, {"keys": []})
+        if len(segments) == 4 and segments[1:] == ["oauth2", "v2.0", "token"]:
+            if method != "POST":
+                return Response(405, {"error": "invalid_request", "error_description": "Use POST."})
+            form = {
+                k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()
+            }
+            record["app"] = form.get("client_id")
+            status, doc = self.auth.token(segments[0], form, host)
+            return Response(status, doc, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+        return Response(
+            404,
+            {
+                "error": "not_found",
+                "error_description": f"graphsim has no endpoint {method} /{'/'.join(segments)}",
+            },
+        )
+
+    # -- admin over HTTPS (for a separate process such as the demo) ----------------------------------
+    def _admin_call(self, method: str, segments: list[str], body: bytes) -> Response:
+        """JSON admin endpoints under ``/_sim`` mirroring the in-process API (see README.md)."""
+        try:
+            data: dict[str, Any] = json.loads(body) if body else {}
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            return self._admin_route(method, segments, data)
+        except (ValueError, KeyError, TypeError) as exc:
+            return Response(400, {"error": {"code": "BadRequest", "message": str(exc)}})
+
+    def _admin_route(self, method: str, segments: list[str], data: dict[str, Any]) -> Response:
+        route = (method, *segments)
+        if route == ("GET", "health"):
+            return Response(
+                200,
+                {
+                    "status": "ok",
+                    "authority_host": self.authority_host,
+                    "graph_url": self.graph_url,
+                    "ca": self.ca_path,
+                },
+            )
+        if route == ("POST", "apps"):
+            self.register_app(
+                data["tenant_id"], data["client_id"], data.get("client_secret"), data.get("certificate_pem")
+            )
+            return Response(201, {"tenant_id": data["tenant_id"], "client_id": data["client_id"]})
+        if route == ("POST", "users"):
+            user_id = self.add_user(data["upn"], data.get("display_name"))
+            return Response(
+                201,
+                {
+                    "id": user_id,
+                    "upn": data["upn"],
+                    "default_calendar_id": self.default_calendar_id(data["upn"]),
+                },
+            )
+        if method == "POST" and len(segments) == 3 and segments[0] == "users" and segments[2] == "calendars":
+            cal_id = self.add_calendar(segments[1], data["name"], bool(data.get("can_edit", True)))
+            return Response(201, {"id": cal_id, "name": data["name"]})
+        if route == ("GET", "requests"):
+            return Response(200, {"value": self.request_log})
+        if route == ("DELETE", "requests"):
+            self.reset_request_log()
+            return Response(204)
+        if route == ("GET", "responses"):
+            return Response(200, {"value": self.response_log})
+        if route == ("DELETE", "responses"):
+            self.reset_response_log()
+            return Response(204)
+        if route == ("GET", "invitations"):
+            return Response(200, {"value": self.sent_invitations})
+        if route == ("DELETE", "invitations"):
+            self.reset_sent_invitations()
+            return Response(204)
+        if route == ("POST", "throttle"):
+            self.inject_throttle(
+                int(data["count"]), data.get("retry_after", 1), int(data.get("status", 429)), data.get("code")
+            )
+            return Response(204)
+        if route == ("POST", "expire-delta-tokens"):
+            self.expire_delta_tokens(bool(data.get("with_location", False)))
+            return Response(204)
+        if route == ("POST", "empty-delta-pages"):
+            self.inject_empty_delta_pages(int(data["count"]))
+            return Response(204)
+        if route == ("POST", "latency"):
+            self.set_latency(float(data["seconds"]))
+            return Response(204)
+        if route == ("POST", "token-lifetime"):
+            self.token_lifetime = int(data["seconds"])
+            return Response(204)
+        return Response(
+            404,
+            {
+                "error": {
+                    "code": "NotFound",
+                    "message": f"no admin endpoint {method} /_sim/{'/'.join(segments)}",
+                }
+            },
+        )

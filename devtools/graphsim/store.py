@@ -1,0 +1,217 @@
+"""In-memory, thread-safe mailbox store: users, calendars, events, and per-calendar versions.
+
+Every change to an event (create, update, delete) bumps its calendar's ``version`` counter and
+stamps the event (or its tombstone) with the new value. A delta state token only has to carry
+a version number: "what changed after version N" is every event or tombstone stamped above N.
+
+Identifiers imitate Exchange's: long base64 strings that are case-sensitive and contain ``-``
+and ``_`` (immutable ids, the form ``Prefer: IdType="ImmutableId"`` asks for); ``changeKey`` is a
+base64 string that changes on every edit; ``iCalUId`` is a hex Global Object Id, set by the
+server, different per event.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def new_item_id() -> str:
+    """An Exchange-style immutable id: ``AAMkAD`` + url-safe base64 (mixed case, ``-``, ``_``)."""
+    return "AAMkAD" + base64.urlsafe_b64encode(os.urandom(69)).decode() + "AAA="
+
+
+def new_change_key() -> str:
+    return base64.b64encode(os.urandom(22)).decode()
+
+
+def new_ical_uid(created: datetime) -> str:
+    """A Global Object Id as Outlook writes it into iCalUId (class id, FILETIME, GUID)."""
+    filetime = int((created - datetime(1601, 1, 1, tzinfo=UTC)).total_seconds() * 10_000_000)
+    return (
+        "040000008200E00074C5B7101A82E00800000000"
+        + filetime.to_bytes(8, "little").hex().upper()
+        + "0000000000000000"
+        + "10000000"
+        + secrets.token_hex(16).upper()
+    )
+
+
+@dataclass
+class StoredEvent:
+    id: str
+    seq: int  # creation order, never changes (stable paging cursor)
+    user_id: str
+    calendar_id: str
+    fields: dict[str, Any]  # normalised writable properties (see events.py)
+    created: datetime
+    modified: datetime
+    change_key: str
+    ical_uid: str
+    version: int
+    transaction_id: str | None = None
+    extended: dict[str, tuple[str, str]] = field(default_factory=dict)  # canonical id -> (id, value)
+
+
+@dataclass
+class Calendar:
+    id: str
+    user_id: str
+    name: str
+    can_edit: bool
+    is_default: bool
+    change_key: str
+    color: str = "auto"
+    version: int = 0
+    events: dict[str, StoredEvent] = field(default_factory=dict)
+    tombstones: dict[str, int] = field(default_factory=dict)  # deleted event id -> version
+
+
+@dataclass
+class User:
+    id: str
+    upn: str
+    display_name: str
+    default_calendar_id: str = ""
+    calendars: dict[str, Calendar] = field(default_factory=dict)
+
+
+class CalendarExists(Exception):
+    """Another calendar of the mailbox already has that name (Graph: 409 ErrorFolderExists)."""
+
+
+class Store:
+    """All mutable state of the stand-in, guarded by one re-entrant lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.users: dict[str, User] = {}
+        self._by_upn: dict[str, str] = {}
+        self._events: dict[str, StoredEvent] = {}
+        self._by_transaction: dict[tuple[str, str], str] = {}
+        self._seq = 0
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self.lock:
+            yield
+
+    # -- users and calendars ---------------------------------------------------------------
+    def add_user(self, upn: str, display_name: str | None = None) -> User:
+        with self.lock:
+            if upn.lower() in self._by_upn:
+                raise ValueError(f"user {upn} already exists")
+            user = User(id=str(uuid.uuid4()), upn=upn, display_name=display_name or upn.split("@")[0])
+            self.users[user.id] = user
+            self._by_upn[upn.lower()] = user.id
+            cal = self.add_calendar(user, "Calendar", can_edit=True, is_default=True)
+            user.default_calendar_id = cal.id
+            return user
+
+    def find_user(self, key: str) -> User | None:
+        """By object id (GUID, case-insensitive) or userPrincipalName (case-insensitive)."""
+        with self.lock:
+            return self.users.get(key.lower()) or self.users.get(self._by_upn.get(key.lower(), ""))
+
+    def add_calendar(
+        self, user: User, name: str, *, can_edit: bool = True, is_default: bool = False
+    ) -> Calendar:
+        with self.lock:
+            if any(c.name.lower() == name.lower() for c in user.calendars.values()):
+                raise CalendarExists(name)
+            cal = Calendar(
+                id=new_item_id(),
+                user_id=user.id,
+                name=name,
+                can_edit=can_edit,
+                is_default=is_default,
+                change_key=new_change_key(),
+            )
+            user.calendars[cal.id] = cal
+            return cal
+
+    # -- events ----------------------------------------------------------------------------
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        with self.lock:
+            return self._events.get(event_id)
+
+    def find_by_transaction(self, user: User, transaction_id: str) -> StoredEvent | None:
+        with self.lock:
+            eid = self._by_transaction.get((user.id, transaction_id))
+            return self._events.get(eid) if eid else None
+
+    def create_event(
+        self,
+        cal: Calendar,
+        fields: dict[str, Any],
+        extended: dict[str, tuple[str, str]],
+        transaction_id: str | None,
+    ) -> StoredEvent:
+        with self.lock:
+            now = datetime.now(UTC)
+            self._seq += 1
+            cal.version += 1
+            ev = StoredEvent(
+                id=new_item_id(),
+                seq=self._seq,
+                user_id=cal.user_id,
+                calendar_id=cal.id,
+                fields=fields,
+                created=now,
+                modified=now,
+                change_key=new_change_key(),
+                ical_uid=new_ical_uid(now),
+                version=cal.version,
+                transaction_id=transaction_id,
+                extended=dict(extended),
+            )
+            cal.events[ev.id] = ev
+            self._events[ev.id] = ev
+            if transaction_id:
+                self._by_transaction[(cal.user_id, transaction_id)] = ev.id
+            return ev
+
+    def update_event(
+        self, cal: Calendar, ev: StoredEvent, fields: dict[str, Any], extended: dict[str, tuple[str, str]]
+    ) -> StoredEvent:
+        with self.lock:
+            cal.version += 1
+            ev.fields = fields
+            ev.extended = dict(extended)
+            ev.modified = datetime.now(UTC)
+            ev.change_key = new_change_key()
+            ev.version = cal.version
+            return ev
+
+    def delete_event(self, cal: Calendar, ev: StoredEvent) -> None:
+        with self.lock:
+            cal.version += 1
+            cal.events.pop(ev.id, None)
+            self._events.pop(ev.id, None)
+            cal.tombstones[ev.id] = cal.version
+            if ev.transaction_id:
+                self._by_transaction.pop((ev.user_id, ev.transaction_id), None)
+
+    def live_events(self, cal: Calendar) -> list[StoredEvent]:
+        """The calendar's events in creation order."""
+        with self.lock:
+            return sorted(cal.events.values(), key=lambda e: e.seq)
+
+    def changes(self, cal: Calendar, after: int, upto: int) -> list[tuple[int, str, StoredEvent | None]]:
+        """``(version, id, event-or-None)`` of everything stamped in ``(after, upto]``, by version.
+
+        ``None`` marks a deletion (tombstone)."""
+        with self.lock:
+            out: list[tuple[int, str, StoredEvent | None]] = [
+                (e.version, e.id, e) for e in cal.events.values() if after < e.version <= upto
+            ]
+            out += [(v, eid, None) for eid, v in cal.tombstones.items() if after < v <= upto]
+            return sorted(out, key=lambda t: t[0])

@@ -1,0 +1,5 @@
+"""``python -m sync_core`` is the ``davbridge`` command."""
+
+from sync_core.cli import main
+
+raise SystemExit(main())

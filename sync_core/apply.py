@@ -1,0 +1,150 @@
+"""Apply a reconcile plan: one conditional remote write per action, then that item's state row.
+
+State is saved per item right after its write succeeded, so a crash loses at most the row of
+the write in flight; the rerun pairs that item again by identity (see ``reconcile``) instead
+of creating it twice. Per-item failures become pending rows re-read on the next run; only
+side-wide failures (authentication, throttling past the budget) stop the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from sync_core.errors import (
+    AlreadyExists,
+    AuthenticationFailed,
+    DavbridgeError,
+    NotFound,
+    PreconditionFailed,
+    Throttled,
+)
+from sync_core.reconcile import Action, CreateOn, DeleteOn, DropLink, Plan, Quarantine, SaveLink, UpdateOn
+from sync_core.sides.base import Side, SideName, WriteResult
+from sync_core.state.base import ItemLink, PendingItem, StateStore
+
+log = logging.getLogger("davbridge.apply")
+
+WriteHook = Callable[[Action, WriteResult | None], None]
+
+
+@dataclass
+class ApplyResult:
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (side, item id, reason)
+    quarantined: int = 0
+
+    def count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+def apply_plan(
+    plan: Plan,
+    sides: Mapping[SideName, Side],
+    store: StateStore,
+    *,
+    on_write: WriteHook | None = None,
+) -> ApplyResult:
+    """Carry out ``plan`` in order. Raises only side-wide errors (auth, throttling)."""
+    result = ApplyResult()
+    for action in plan.actions:
+        try:
+            written = _apply_one(action, sides, store, result)
+        except (AuthenticationFailed, Throttled):
+            raise
+        except DavbridgeError as exc:
+            _defer(action, store, result, f"{type(exc).__name__}: {exc}")
+            continue
+        if on_write is not None and isinstance(action, CreateOn | UpdateOn | DeleteOn):
+            on_write(action, written)
+    return result
+
+
+def _apply_one(action: Action, sides: Mapping[SideName, Side], store: StateStore,
+               result: ApplyResult) -> WriteResult | None:
+    if isinstance(action, CreateOn):
+        written = sides[action.target].create(action.event, idempotency_key=action.idempotency_key)
+        store.save_link(_with_write(action.link, action.target, written))
+        result.count(f"created_{action.target.value}")
+        return written
+    if isinstance(action, UpdateOn):
+        target_id = _target_id(action.link, action.target)
+        assert target_id is not None
+        try:
+            etag = _target_etag(action.link, action.target)
+            written = sides[action.target].update(target_id, action.event, etag=etag)
+        except NotFound:
+            # Gone since it was read: the source's content is restored as a new item.
+            written = sides[action.target].create(
+                action.event, idempotency_key=_recreate_key(action.link, action.target))
+            result.count(f"created_{action.target.value}")
+        else:
+            result.count(f"updated_{action.target.value}")
+        store.save_link(_with_write(action.link, action.target, written))
+        return written
+    if isinstance(action, DeleteOn):
+        target_id = _target_id(action.link, action.target)
+        assert target_id is not None
+        sides[action.target].delete(target_id, etag=_target_etag(action.link, action.target))
+        store.delete_link(action.link.pairing_id, action.link.uid)
+        result.count(f"deleted_{action.target.value}")
+        return None
+    if isinstance(action, SaveLink):
+        store.save_link(action.link)
+        return None
+    if isinstance(action, DropLink):
+        store.delete_link(action.link.pairing_id, action.link.uid)
+        return None
+    if isinstance(action, Quarantine):
+        store.save_pending(PendingItem(action.pairing_id, action.side.value, action.item_id, action.reason,
+                                       quarantined=True))
+        result.quarantined += 1
+        return None
+    raise TypeError(f"unknown action {action!r}")
+
+
+def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str) -> None:
+    """A write failed for this item only: re-read both sides of it on the next run.
+
+    AlreadyExists (a create retried after a crash) and PreconditionFailed (someone edited the
+    item since it was read) need no special path: the re-read pairs or re-decides it. The
+    link row is left as it was before the action, so the next read is still a change."""
+    if not isinstance(action, CreateOn | UpdateOn | DeleteOn):
+        result.failed.append(("state", "", reason))
+        log.warning("state write failed: %s", reason)
+        return
+    link = action.link
+    for side in (SideName.M365, SideName.CALDAV):
+        item_id = _target_id(link, side)
+        if item_id:
+            store.save_pending(PendingItem(link.pairing_id, side.value, item_id, reason))
+    if isinstance(action, DeleteOn):
+        # The delete lost a race with an edit: keep the link so the edit is restored.
+        store.save_link(link)
+    result.failed.append((action.target.value, _target_id(link, action.target) or link.link_id, reason))
+    expected = reason.startswith((AlreadyExists.__name__, PreconditionFailed.__name__))
+    log.log(logging.INFO if expected else logging.WARNING, "deferred %s on %s for link %s: %s",
+            type(action).__name__, action.target.value, link.link_id, reason)
+
+
+def _with_write(link: ItemLink, side: SideName, written: WriteResult) -> ItemLink:
+    fp = written.event.fingerprint()
+    if side is SideName.M365:
+        return replace(link, m365_id=written.id, m365_etag=written.etag, m365_fingerprint=fp)
+    return replace(link, caldav_href=written.id, caldav_etag=written.etag, caldav_fingerprint=fp)
+
+
+def _target_id(link: ItemLink, side: SideName) -> str | None:
+    return link.m365_id if side is SideName.M365 else link.caldav_href
+
+
+def _target_etag(link: ItemLink, side: SideName) -> str | None:
+    return link.m365_etag if side is SideName.M365 else link.caldav_etag
+
+
+def _recreate_key(link: ItemLink, side: SideName) -> str:
+    from sync_core.reconcile import idempotency_key
+
+    gone = _target_id(link, side) or ""
+    return idempotency_key(link.pairing_id, f"{link.uid}|recreated-after|{gone}")

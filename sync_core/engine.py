@@ -1,0 +1,168 @@
+"""One sync run of one user: read both sides, reconcile, apply, save cursors and status.
+
+Order matters for safety: cursors are saved only after the plan was applied, so a crash at
+any point re-reads the same changes next time, and the per-item link rows saved by ``apply``
+make that re-read a no-op for what was already done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sync_core.apply import ApplyResult, WriteHook, apply_plan
+from sync_core.errors import DavbridgeError
+from sync_core.reconcile import PairingRules, Plan, reconcile
+from sync_core.sides.base import ChangeBatch, Side, SideName
+from sync_core.state.base import Pairing, RunStatus, StateStore, UserRecord, utcnow
+
+log = logging.getLogger("davbridge.engine")
+
+
+class SideFactory(Protocol):
+    """Opens both sides of one pairing (real clients in production, anything in tests)."""
+
+    def open_sides(self, user: UserRecord, pairing: Pairing,
+                   window: tuple[datetime, datetime]) -> Mapping[SideName, Side]: ...
+
+
+@dataclass
+class PairingOutcome:
+    pairing: Pairing
+    plan: Plan | None = None
+    applied: ApplyResult | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class UserOutcome:
+    upn: str
+    pairings: list[PairingOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.pairings)
+
+
+def sync_window(pairing: Pairing, now: datetime) -> tuple[datetime, datetime]:
+    """The pairing's window, rounded to whole days so Graph delta tokens stay valid all day."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=pairing.window_past_days), day + timedelta(days=pairing.window_future_days + 1)
+
+
+def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime | None = None,
+              dry_run: bool = False, on_write: WriteHook | None = None) -> UserOutcome:
+    """Sync every pairing of one user. A failing pairing is recorded and the others go on."""
+    now = now or utcnow()
+    user = store.get_user(upn)
+    if user is None:
+        raise DavbridgeError(f"unknown user {upn!r}")
+    outcome = UserOutcome(user.upn)
+    for pairing in store.list_pairings(user.upn):
+        window = sync_window(pairing, now)
+        try:
+            opened = sides.open_sides(user, pairing, window)
+        except DavbridgeError as exc:
+            result = PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
+        else:
+            result = sync_pairing(pairing, opened, store, window=window, dry_run=dry_run, on_write=on_write)
+        if not dry_run:
+            _save_status(store, user, result, started=now)
+        outcome.pairings.append(result)
+    return outcome
+
+
+def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore, *,
+                 window: tuple[datetime, datetime] | None = None, dry_run: bool = False,
+                 on_write: WriteHook | None = None) -> PairingOutcome:
+    """Read, reconcile, apply one pairing. Errors are returned in the outcome, not raised."""
+    pid = pairing.pairing_id
+    rules = PairingRules(pid, pairing.direction, pairing.conflict_policy,
+                         window[0] if window else None, window[1] if window else None)
+    try:
+        links = store.links(pid)
+        known = {
+            SideName.M365: {lk.m365_id: lk.m365_etag for lk in links if lk.m365_id},
+            SideName.CALDAV: {lk.caldav_href: lk.caldav_etag for lk in links if lk.caldav_href},
+        }
+        batches = {side: sides[side].changes(store.get_cursor(pid, side.value), known[side])
+                   for side in (SideName.M365, SideName.CALDAV)}
+        retried = _reread_pending(pairing, sides, store, batches)
+        _restore_deleted_mirrors(rules, links, sides, batches)
+        plan = reconcile(rules, links, batches[SideName.M365], batches[SideName.CALDAV])
+        if dry_run:
+            return PairingOutcome(pairing, plan=plan)
+        _clear_resolved_pending(pid, store, batches, retried)
+        applied = apply_plan(plan, sides, store, on_write=on_write)
+        for side, batch in batches.items():
+            store.save_cursor(pid, side.value, batch.cursor)
+        log.info("pairing %s synced: %s", pid, applied.counts or "no changes")
+        return PairingOutcome(pairing, plan=plan, applied=applied)
+    except DavbridgeError as exc:
+        log.warning("pairing %s failed: %s: %s", pid, type(exc).__name__, exc)
+        return PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
+
+
+def _reread_pending(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore,
+                    batches: dict[SideName, ChangeBatch]) -> dict[SideName, set[str]]:
+    """Items whose write failed last run are read again, so their change is not lost even
+    though the cursor moved on. Quarantined items come back only when they change."""
+    retried: dict[SideName, set[str]] = {SideName.M365: set(), SideName.CALDAV: set()}
+    for item in store.pending(pairing.pairing_id):
+        if not item.quarantined:
+            retried[SideName(item.side)].add(item.item_id)
+    for side, ids in retried.items():
+        if ids:
+            fresh = sides[side].get(sorted(ids))
+            batches[side].changed.extend(fresh)
+            found = {i.id for i in fresh}
+            batches[side].deleted.extend(sorted(ids - found))
+    return retried
+
+
+def _restore_deleted_mirrors(rules: PairingRules, links: list, sides: Mapping[SideName, Side],
+                             batches: dict[SideName, ChangeBatch]) -> None:
+    """One-way pairing: a deleted mirror item is re-created from its source, so read it."""
+    for mirror in (SideName.M365, SideName.CALDAV):
+        source = mirror.other()
+        if rules.reads_from(mirror) or not batches[mirror].deleted:
+            continue
+        gone = set(batches[mirror].deleted)
+        source_ids = [(lk.m365_id if source is SideName.M365 else lk.caldav_href) for lk in links
+                      if (lk.m365_id if mirror is SideName.M365 else lk.caldav_href) in gone]
+        changed = {i.id for i in batches[source].changed}
+        wanted = sorted(i for i in source_ids if i and i not in changed)
+        if wanted:
+            batches[source].changed.extend(sides[source].get(wanted))
+
+
+def _clear_resolved_pending(pid: str, store: StateStore, batches: dict[SideName, ChangeBatch],
+                            retried: dict[SideName, set[str]]) -> None:
+    """Pending rows of items read again this run are settled by this run's plan."""
+    for side, batch in batches.items():
+        done = set(retried[side]) | {i.id for i in batch.changed if i.event is not None} | set(batch.deleted)
+        if done:
+            store.clear_pending(pid, side.value, sorted(done))
+
+
+def _save_status(store: StateStore, user: UserRecord, result: PairingOutcome, *, started: datetime) -> None:
+    previous = store.get_status(result.pairing.pairing_id)
+    status = RunStatus(
+        pairing_id=result.pairing.pairing_id,
+        upn=user.upn,
+        started_at=started,
+        finished_at=utcnow(),
+        ok=result.ok,
+        last_success_at=utcnow() if result.ok else (previous.last_success_at if previous else None),
+        counts=dict(result.applied.counts) if result.applied else {},
+        quarantined=sum(1 for p in store.pending(result.pairing.pairing_id) if p.quarantined),
+        error=result.error,
+    )
+    store.save_status(status)

@@ -1,0 +1,448 @@
+"""Reconcile: saved state + each side's changes -> plan. Pure: no I/O, no clock.
+
+The algorithm follows vdirsyncer's shape (status table + two change sets -> tiny named
+actions), adapted to calendars that cannot share ids:
+
+1. A read matching what a link saved for that side (same etag, or same fingerprint) is not a
+   change: that is how the service's own writes are never seen as new changes.
+2. A linked item changed on one side is copied to the other; changed on both sides is a
+   conflict settled by the pairing's policy (identical content is no conflict).
+3. A linked item confirmed deleted on one side is deleted on the other. Deleted on one side
+   but modified on the other: the modification wins and is restored, whatever the policy,
+   because nothing a user wrote may be lost.
+4. Unlinked items are paired first by identity (CalDAV UID / Graph iCalUId, our UID tag, the
+   create idempotency key), then by content (subject, start, end), so a first sync or a rerun
+   after a crash creates no duplicate. What is left is created on the other side, if it lies
+   inside the sync window.
+5. One-way pairings never write the source side; edits of the mirror are recorded, not copied.
+6. Safety: a plan deleting more than ``MAX_DELETE_SHARE`` of a side's linked items (and more
+   than ``MAX_DELETE_FLOOR``) raises :class:`~sync_core.errors.MassDeletion`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time
+
+from sync_core.errors import MassDeletion
+from sync_core.model import Event
+from sync_core.sides.base import ChangeBatch, RemoteItem, SideName
+from sync_core.state.base import ConflictPolicy, Direction, ItemLink
+
+MAX_DELETE_SHARE = 0.5
+MAX_DELETE_FLOOR = 10
+
+M365, CALDAV = SideName.M365, SideName.CALDAV
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions: each one remote write (or none) plus the link row to save once it succeeded.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateOn:
+    """Create ``event`` on ``target``; save ``link`` with the new id filled in."""
+
+    target: SideName
+    event: Event
+    link: ItemLink
+    idempotency_key: str
+    reason: str = "new"
+
+
+@dataclass(frozen=True)
+class UpdateOn:
+    """Overwrite the linked item on ``target`` with ``event`` (If-Match the saved etag)."""
+
+    target: SideName
+    event: Event
+    link: ItemLink
+    reason: str = "changed"
+
+
+@dataclass(frozen=True)
+class DeleteOn:
+    """Delete the linked item on ``target`` (If-Match the saved etag), then drop the link."""
+
+    target: SideName
+    link: ItemLink
+
+
+@dataclass(frozen=True)
+class SaveLink:
+    """Save a link row without writing to either side (pairing found, new etag recorded)."""
+
+    link: ItemLink
+    reason: str
+
+
+@dataclass(frozen=True)
+class DropLink:
+    """Forget a link whose items are gone from both sides."""
+
+    link: ItemLink
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """Record a per-item problem; the item is skipped and everything else keeps syncing."""
+
+    pairing_id: str
+    side: SideName
+    item_id: str
+    reason: str
+
+
+Action = CreateOn | UpdateOn | DeleteOn | SaveLink | DropLink | Quarantine
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+
+    def writes(self) -> list[Action]:
+        return [a for a in self.actions if isinstance(a, CreateOn | UpdateOn | DeleteOn)]
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for action in self.actions:
+            key = type(action).__name__
+            if isinstance(action, CreateOn | UpdateOn | DeleteOn):
+                key = f"{key}:{action.target.value}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+@dataclass(frozen=True)
+class PairingRules:
+    """The parts of a pairing's settings the reconcile step needs."""
+
+    pairing_id: str
+    direction: Direction = Direction.TWO_WAY
+    policy: ConflictPolicy = ConflictPolicy.NEWEST_WINS
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+
+    def writes_to(self, side: SideName) -> bool:
+        if self.direction is Direction.TWO_WAY:
+            return True
+        return side is (CALDAV if self.direction is Direction.M365_TO_CALDAV else M365)
+
+    def reads_from(self, side: SideName) -> bool:
+        return self.writes_to(side.other())
+
+
+def idempotency_key(pairing_id: str, uid: str) -> str:
+    """Create key for one item: CalDAV resource name / Graph ``transactionId``.
+
+    Deterministic, so a create retried after a crash targets the same resource (CalDAV
+    If-None-Match: * answers 412) or the same transaction (Graph does not create twice)."""
+    return "db-" + hashlib.sha256(f"{pairing_id}|{uid}".encode()).hexdigest()[:40]
+
+
+# ---------------------------------------------------------------------------------------------
+def reconcile(
+    rules: PairingRules,
+    links: Sequence[ItemLink],
+    m365: ChangeBatch,
+    caldav: ChangeBatch,
+) -> Plan:
+    """Decide what to write where. See the module docstring for the rules."""
+    return _Reconciler(rules, links, {M365: m365, CALDAV: caldav}).run()
+
+
+@dataclass
+class _Change:
+    """A linked item's net change on one side this run."""
+
+    item: RemoteItem | None = None  # changed content
+    deleted: bool = False
+
+
+class _Reconciler:
+    def __init__(self, rules: PairingRules, links: Sequence[ItemLink], batches: dict[SideName, ChangeBatch]):
+        self.rules = rules
+        self.batches = batches
+        self.plan = Plan()
+        self.by_id: dict[SideName, dict[str, ItemLink]] = {M365: {}, CALDAV: {}}
+        self.by_uid: dict[str, ItemLink] = {}
+        self.by_identity: dict[str, ItemLink] = {}
+        for link in links:
+            self.by_uid[link.uid] = link
+            self.by_identity[link.uid] = link
+            self.by_identity["txn:" + idempotency_key(rules.pairing_id, link.uid)] = link
+            if link.m365_id:
+                self.by_id[M365][link.m365_id] = link
+            if link.caldav_href:
+                self.by_id[CALDAV][link.caldav_href] = link
+
+    # -- entry -----------------------------------------------------------------------------
+    def run(self) -> Plan:
+        linked: dict[str, dict[SideName, _Change]] = {}
+        new: dict[SideName, list[RemoteItem]] = {M365: [], CALDAV: []}
+        for side, batch in self.batches.items():
+            seen: set[str] = set()
+            for item in _last_read_wins(batch.changed):
+                if item.event is None:
+                    self._quarantine(side, item.id, item.error or "unreadable item")
+                    continue
+                link = self.by_id[side].get(item.id) or self._claim_by_uid(side, item)
+                if link is None:
+                    new[side].append(item)
+                    continue
+                if _is_echo(side, link, item):
+                    continue
+                linked.setdefault(link.uid, {})[side] = _Change(item=item)
+                seen.add(item.id)
+            for item_id in batch.deleted:
+                link = self.by_id[side].get(item_id)
+                if link is not None and item_id not in seen:
+                    linked.setdefault(link.uid, {})[side] = _Change(deleted=True)
+        for uid, changes in linked.items():
+            self._linked(self.by_uid[uid], changes.get(M365), changes.get(CALDAV))
+        self._pair_new(new[M365], new[CALDAV])
+        self._check_mass_deletion()
+        return self.plan
+
+    def _quarantine(self, side: SideName, item_id: str, reason: str) -> None:
+        self.plan.actions.append(Quarantine(self.rules.pairing_id, side, item_id, reason))
+
+    def _claim_by_uid(self, side: SideName, item: RemoteItem) -> ItemLink | None:
+        """An unlinked item carrying a link's identity whose id on this side is not set yet.
+
+        This is the crash case: the create reached the side, the link row was never saved
+        with the new id. A link that already holds another id is a duplicate identity."""
+        for identity in sorted(_identities(self.rules.pairing_id, item)):
+            link = self.by_identity.get(identity)
+            if link is None:
+                continue
+            if _side_id(link, side) is None:
+                self.by_id[side][item.id] = link
+                return link
+            if _side_id(link, side) != item.id:
+                self._quarantine(side, item.id, "duplicate identity: another item already carries this UID")
+                return None
+        return None
+
+    # -- linked items ------------------------------------------------------------------------
+    def _linked(self, link: ItemLink, m365: _Change | None, caldav: _Change | None) -> None:
+        rules = self.rules
+        # One-way: the mirror's edits are recorded so later writes' If-Match holds; its
+        # deletions are restored by the engine (it re-reads the source item).
+        for side, change in ((M365, m365), (CALDAV, caldav)):
+            if change is not None and change.item is not None and not rules.reads_from(side):
+                link = _with_side(link, side, change.item)
+                self.plan.actions.append(SaveLink(link, f"{side.value} mirror edit ignored (one-way)"))
+        m365 = m365 if m365 is None or rules.reads_from(M365) or m365.deleted else None
+        caldav = caldav if caldav is None or rules.reads_from(CALDAV) or caldav.deleted else None
+
+        if m365 and caldav and m365.deleted and caldav.deleted:
+            self.plan.actions.append(DropLink(link))
+            return
+        for gone, other in ((M365, caldav), (CALDAV, m365)):
+            change = m365 if gone is M365 else caldav
+            if change is None or not change.deleted:
+                continue
+            if other is not None and other.item is not None:
+                # Deleted here, modified there: the modification is restored here.
+                gone_id = _side_id(link, gone) or ""
+                self._copy(_with_side(_cleared(link, gone), gone.other(), other.item), other.item, gone,
+                           create=True, reason="restored: edited on the other side after deletion",
+                           key_salt=f"|restore|{gone_id}")
+            elif rules.reads_from(gone) and rules.writes_to(gone.other()):
+                if _side_id(link, gone.other()):
+                    self.plan.actions.append(DeleteOn(gone.other(), _cleared(link, gone)))
+                else:
+                    self.plan.actions.append(DropLink(link))
+            else:
+                # A one-way mirror was deleted: forget its id; the engine re-reads the source.
+                self.plan.actions.append(SaveLink(_cleared(link, gone), f"{gone.value} mirror deleted"))
+            return
+
+        m_item = m365.item if m365 else None
+        c_item = caldav.item if caldav else None
+        if m_item and c_item:
+            assert m_item.event is not None and c_item.event is not None
+            both = _with_side(_with_side(link, M365, m_item), CALDAV, c_item)
+            if m_item.event.fingerprint() == c_item.event.fingerprint():
+                self.plan.actions.append(SaveLink(both, "same edit on both sides"))
+                return
+            winner = self._winner(m_item, c_item)
+            src = m_item if winner is M365 else c_item
+            self._copy(both, src, winner.other(), create=False, reason=f"conflict: {winner.value} wins")
+        elif m_item:
+            self._copy(_with_side(link, M365, m_item), m_item, CALDAV, create=False)
+        elif c_item:
+            self._copy(_with_side(link, CALDAV, c_item), c_item, M365, create=False)
+
+    def _winner(self, m_item: RemoteItem, c_item: RemoteItem) -> SideName:
+        policy = self.rules.policy
+        if policy is ConflictPolicy.M365_WINS:
+            return M365
+        if policy is ConflictPolicy.CALDAV_WINS:
+            return CALDAV
+        assert m_item.event is not None and c_item.event is not None
+        # iCalendar LAST-MODIFIED has whole seconds: compare both at that resolution.
+        m_time, c_time = _seconds(m_item.event.last_modified), _seconds(c_item.event.last_modified)
+        if c_time is not None and (m_time is None or c_time > m_time):
+            return CALDAV
+        return M365  # ties and unknown times: Microsoft 365 (documented choice)
+
+    def _copy(self, link: ItemLink, source: RemoteItem, target: SideName, *, create: bool,
+              reason: str = "changed", key_salt: str = "") -> None:
+        """Write ``source``'s event to ``target`` (one-way rules permitting)."""
+        assert source.event is not None
+        if not self.rules.writes_to(target):
+            self.plan.actions.append(SaveLink(link, f"not written to {target.value} (one-way)"))
+            return
+        event = source.event.with_uid(link.uid)
+        if create or _side_id(link, target) is None:
+            # A restore uses its own key: the first create's key names a deleted item.
+            key = idempotency_key(self.rules.pairing_id, link.uid + key_salt)
+            self.plan.actions.append(CreateOn(target, event, link, key, reason))
+        else:
+            self.plan.actions.append(UpdateOn(target, event, link, reason))
+
+    # -- unlinked items ----------------------------------------------------------------------
+    def _pair_new(self, m_new: list[RemoteItem], c_new: list[RemoteItem]) -> None:
+        c_new = self._drop_duplicates(CALDAV, c_new)
+        m_new = self._drop_duplicates(M365, m_new)
+        c_by_uid: dict[str, RemoteItem] = {}
+        c_by_content: dict[str, list[RemoteItem]] = {}
+        for item in c_new:
+            for uid in _identities(self.rules.pairing_id, item):
+                c_by_uid.setdefault(uid, item)
+            assert item.event is not None
+            c_by_content.setdefault(item.event.match_key(), []).append(item)
+        paired: set[str] = set()
+        for m_item in m_new:
+            assert m_item.event is not None
+            match = next((c_by_uid[u] for u in sorted(_identities(self.rules.pairing_id, m_item))
+                          if u in c_by_uid and c_by_uid[u].id not in paired), None)
+            if match is None:
+                candidates = [c for c in c_by_content.get(m_item.event.match_key(), []) if c.id not in paired]
+                match = candidates[0] if candidates else None
+            if match is None:
+                self._create_new(M365, m_item)
+                continue
+            paired.add(match.id)
+            self._pair(m_item, match)
+        for c_item in c_new:
+            if c_item.id not in paired:
+                self._create_new(CALDAV, c_item)
+
+    def _drop_duplicates(self, side: SideName, items: list[RemoteItem]) -> list[RemoteItem]:
+        """Two unlinked items on one side with the same UID: keep the first, quarantine the rest."""
+        seen: set[str] = set()
+        kept = []
+        for item in items:
+            uid = item.event.uid if item.event else None
+            if uid and uid in seen:
+                self._quarantine(side, item.id, "duplicate identity: UID used twice")
+                continue
+            if uid:
+                seen.add(uid)
+            kept.append(item)
+        return kept
+
+    def _pair(self, m_item: RemoteItem, c_item: RemoteItem) -> None:
+        """Link two existing items found to be the same event; settle differing content."""
+        assert m_item.event is not None and c_item.event is not None
+        uid = c_item.event.uid or m_item.event.uid or c_item.id
+        link = _with_side(_with_side(ItemLink(self.rules.pairing_id, uid), M365, m_item), CALDAV, c_item)
+        if m_item.event.fingerprint() == c_item.event.fingerprint():
+            self.plan.actions.append(SaveLink(link, "paired existing items"))
+            return
+        winner = self._winner(m_item, c_item)
+        if not self.rules.reads_from(winner):
+            winner = winner.other()
+        src = m_item if winner is M365 else c_item
+        self._copy(link, src, winner.other(), create=False, reason=f"paired; {winner.value} content wins")
+
+    def _create_new(self, side: SideName, item: RemoteItem) -> None:
+        assert item.event is not None
+        if not self.rules.reads_from(side) or not self._in_window(item.event):
+            return
+        uid = item.event.uid or item.id
+        link = _with_side(ItemLink(self.rules.pairing_id, uid), side, item)
+        self._copy(link, item, side.other(), create=True, reason="new")
+
+    def _in_window(self, event: Event) -> bool:
+        start, end = self.rules.window_start, self.rules.window_end
+        if start is None or end is None:
+            return True
+        ev_start, ev_end = _as_utc(event.start, start), _as_utc(event.end, start)
+        return ev_end >= start and ev_start <= end
+
+    # -- safety ------------------------------------------------------------------------------
+    def _check_mass_deletion(self) -> None:
+        total = {M365: len(self.by_id[M365]), CALDAV: len(self.by_id[CALDAV])}
+        for side in (M365, CALDAV):
+            deletes = sum(1 for a in self.plan.actions if isinstance(a, DeleteOn) and a.target is side)
+            if deletes > MAX_DELETE_FLOOR and deletes > MAX_DELETE_SHARE * total[side]:
+                raise MassDeletion(
+                    f"refusing to delete {deletes} of {total[side]} linked items on {side.value} in one run"
+                )
+
+
+# -------------------------------------------------------------------------------------------
+def _last_read_wins(items: Iterable[RemoteItem]) -> list[RemoteItem]:
+    """Replays happen (Graph delta pages, retried pending reads): keep the last read per id."""
+    by_id: dict[str, RemoteItem] = {}
+    for item in items:
+        by_id.pop(item.id, None)
+        by_id[item.id] = item
+    return list(by_id.values())
+
+
+def _identities(pairing_id: str, item: RemoteItem) -> set[str]:
+    """Identities an item can be paired by: its UIDs and, for each, the create key it implies.
+
+    A Graph event we created carries ``transactionId`` = idempotency_key(uid), reported as
+    ``txn:<key>``; a CalDAV item with that UID implies the same ``txn:<key>``, so the two pair
+    even before any link row exists (a crash right after the create)."""
+    uids = set(item.match_uids)
+    if item.event is not None and item.event.uid:
+        uids.add(item.event.uid)
+    plain = {u for u in uids if not u.startswith("txn:")}
+    return uids | {"txn:" + idempotency_key(pairing_id, u) for u in plain}
+
+
+def _is_echo(side: SideName, link: ItemLink, item: RemoteItem) -> bool:
+    """Is this read what the link saved for this side (our own write, or nothing new)?"""
+    if item.etag is not None and item.etag == _side_etag(link, side):
+        return True
+    assert item.event is not None
+    return item.event.fingerprint() == (link.m365_fingerprint if side is M365 else link.caldav_fingerprint)
+
+
+def _side_id(link: ItemLink, side: SideName) -> str | None:
+    return link.m365_id if side is M365 else link.caldav_href
+
+
+def _side_etag(link: ItemLink, side: SideName) -> str | None:
+    return link.m365_etag if side is M365 else link.caldav_etag
+
+
+def _with_side(link: ItemLink, side: SideName, item: RemoteItem) -> ItemLink:
+    fp = item.event.fingerprint() if item.event else None
+    if side is M365:
+        return replace(link, m365_id=item.id, m365_etag=item.etag, m365_fingerprint=fp)
+    return replace(link, caldav_href=item.id, caldav_etag=item.etag, caldav_fingerprint=fp)
+
+
+def _cleared(link: ItemLink, side: SideName) -> ItemLink:
+    if side is M365:
+        return replace(link, m365_id=None, m365_etag=None, m365_fingerprint=None)
+    return replace(link, caldav_href=None, caldav_etag=None, caldav_fingerprint=None)
+
+
+def _seconds(value: datetime | None) -> datetime | None:
+    return value.replace(microsecond=0) if value is not None else None
+
+
+def _as_utc(value: datetime | date, ref: datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=ref.tzinfo)
+    return datetime.combine(value, time.min, tzinfo=ref.tzinfo)

@@ -1,0 +1,44 @@
+"""Settings, read once from the environment (Azure app settings in production).
+
+Every base URL is a setting so the same code runs against Microsoft Graph and Entra ID or
+against the local Graph stand-in. Secrets are never settings: only the *names* under which
+the secrets store holds them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_url: str
+    secrets_url: str
+    graph_base_url: str = "https://graph.microsoft.com/v1.0"
+    graph_authority_host: str = "https://login.microsoftonline.com"
+    graph_tenant_id: str | None = None
+    graph_client_id: str | None = None
+    graph_ca_bundle: str | None = None
+    graph_secret_name: str = "graph-client-secret"
+    graph_certificate_name: str = "graph-client-certificate"
+    caldav_timeout_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("DAVBRIDGE_HOME", ".davbridge")).resolve()
+        return cls(
+            state_url=env.get("DAVBRIDGE_STATE_URL", f"sqlite:///{home / 'state.db'}"),
+            secrets_url=env.get("DAVBRIDGE_SECRETS_URL", f"file://{home / 'secrets.json'}"),
+            graph_base_url=env.get("GRAPH_BASE_URL", cls.graph_base_url).rstrip("/"),
+            graph_authority_host=env.get("GRAPH_AUTHORITY_HOST", cls.graph_authority_host).rstrip("/"),
+            graph_tenant_id=env.get("GRAPH_TENANT_ID") or None,
+            graph_client_id=env.get("GRAPH_CLIENT_ID") or None,
+            graph_ca_bundle=env.get("GRAPH_CA_BUNDLE") or None,
+            graph_secret_name=env.get("GRAPH_CLIENT_SECRET_NAME", cls.graph_secret_name),
+            graph_certificate_name=env.get("GRAPH_CERTIFICATE_NAME", cls.graph_certificate_name),
+            caldav_timeout_seconds=float(env.get("CALDAV_TIMEOUT_SECONDS", cls.caldav_timeout_seconds)),
+        )

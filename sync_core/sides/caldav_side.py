@@ -1,0 +1,1010 @@
+"""The CalDAV side: one calendar collection on a CalDAV server (RFC 4791).
+
+Reads use WebDAV collection synchronisation (RFC 6578 sync-collection REPORT) when the server
+has it, and a complete etag listing (RFC 4918 9.1 PROPFIND, Depth 1, DAV:getetag) otherwise or
+whenever a sync token is refused. Bodies are fetched with calendar-multiget (RFC 4791 7.9), only
+for items whose etag differs from the one the state already holds. Writes are conditional PUT /
+DELETE (RFC 4791 5.3.2, RFC 7232 3.1 / 3.2): ``If-None-Match: *`` to create, ``If-Match`` to
+update and delete.
+
+The HTTP session, the authentication and principal discovery come from ``DAVClient``.
+Requests on the calendar itself are sent through ``client.session`` with ``client.auth``, not
+through ``client.request``: that path turns every 403 into an ``AuthorizationError`` (RFC 6578
+answers a stale token with 403 + DAV:valid-sync-token, which means "list again", not "no access"),
+sleeps on 429 / 503 on its own, and logs request bodies (event content) at DEBUG level.
+
+Server quirks handled here (PRODUCT.md traps 7-9):
+
+- unquoted etags and etags that change spelling: compared in one normal form
+  (:func:`~sync_core.sides.caldav_xml.normalize_etag`);
+- no ETag header after PUT: the etag is read back with a Depth 0 PROPFIND;
+- re-encoded hrefs (``@`` / ``%40``): ids are one canonical path
+  (:func:`~sync_core.sides.caldav_xml.normalize_href`), and ids the caller holds are answered
+  in the caller's own spelling;
+- stale tokens answered with 400 / 403 / 409 / 410 / 412 / 418 / 507, or silently answered with
+  the whole collection: a full listing with ``reset=True`` and deletions computed from it;
+- truncated sync results (507 on the collection, RFC 6578 3.6) are followed with the new token;
+- one broken, unreadable or oversized item becomes a :class:`RemoteItem` with ``error``;
+- a listing that is suddenly empty while the state links items raises
+  :class:`~sync_core.errors.StorageEmptied`.
+
+Logging goes to ``davbridge.caldav`` and names methods, paths and status codes only: never
+bodies, passwords or event content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urljoin, urlsplit
+
+from caldav.davclient import DAVClient
+from caldav.lib import error as caldav_error
+
+from sync_core.convert.ical import event_from_ical, event_to_ical, uid_of
+from sync_core.errors import (
+    AlreadyExists,
+    AuthenticationFailed,
+    ItemError,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    SideError,
+    StorageEmptied,
+    Throttled,
+)
+from sync_core.model import Event
+from sync_core.sides import caldav_xml as dx
+from sync_core.sides.base import ChangeBatch, RemoteItem, SideName, WriteResult
+
+log = logging.getLogger("davbridge.caldav")
+
+DEFAULT_MAX_ITEM_BYTES: Final = 1 << 20
+MULTIGET_CHUNK: Final = 50
+MAX_SYNC_ROUNDS: Final = 50
+# RFC 6578 3.2 says 403 + DAV:valid-sync-token; servers also use these for stale tokens.
+STALE_TOKEN_STATUSES: Final = frozenset({403, 409, 410, 412, 418, 507})
+# The sync-collection REPORT itself is not supported (RFC 4918 / RFC 3253 3.6 supported-report).
+REPORT_UNSUPPORTED_STATUSES: Final = frozenset({405, 415, 501})
+ICS_CONTENT_TYPE: Final = "text/calendar; charset=utf-8"
+XML_CONTENT_TYPE: Final = "application/xml; charset=utf-8"
+_CURSOR_VERSION: Final = 1
+# RFC 4791 5.3.2.1 CALDAV:no-uid-conflict; RFC 6638 3.2.4.x CALDAV:unique-scheduling-object-resource
+# (Cyrus: UIDs are unique per user, across calendars).
+_UID_CONFLICT: Final = frozenset({"no-uid-conflict", "unique-scheduling-object-resource"})
+
+
+# --- connection -----------------------------------------------------------------------------
+
+
+def open_caldav(
+    url: str,
+    username: str,
+    password: str,
+    *,
+    timeout: float = 30,
+    verify: bool | str = True,
+) -> DAVClient:
+    """A ``DAVClient`` that sends HTTP Basic credentials with the FIRST request.
+
+    DAVClient only builds credentials after a 401 challenge unless ``auth_type`` is given; a
+    server that answers an anonymous PROPFIND with 207 (Cyrus lists public data) never sends
+    that challenge, so ``auth_type="basic"`` is forced. No request is made here; the first
+    read reports refused credentials as :class:`AuthenticationFailed`. ``verify`` is the TLS
+    verification flag or a CA bundle path.
+    """
+    if not url.lower().startswith(("https://", "http://")):
+        raise SideError("the CalDAV URL must start with https:// (or http:// for a local server)")
+    try:
+        return DAVClient(
+            url=url,
+            username=username,
+            password=password,
+            auth_type="basic",
+            timeout=timeout,  # type: ignore[arg-type]  # niquests takes float seconds
+            ssl_verify_cert=verify,
+            enable_rfc6764=False,
+        )
+    except caldav_error.DAVError as exc:
+        raise SideError(f"cannot set up the CalDAV client for {_origin(url)}: {type(exc).__name__}") from None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted and value:
+                return value
+        return None
+
+    def conditions(self) -> set[str]:
+        return dx.error_conditions(self.body)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+
+
+class _Http:
+    """Raw requests over the DAVClient's session and credentials, counted and logged.
+
+    429 / 503 are retried ``retries`` times, waiting for ``Retry-After`` (capped at
+    ``max_wait`` seconds), then raise :class:`Throttled`. Redirects are followed by hand, with
+    method and body kept, and only within the same origin (credentials never leave it).
+    """
+
+    def __init__(self, client: DAVClient, *, retries: int = 2, max_wait: float = 5.0) -> None:
+        self.client = client
+        self.retries = retries
+        self.max_wait = max_wait
+        self.count = 0
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> _Reply:
+        hdrs: dict[str, str] = {
+            _text(k): _text(v) for k, v in dict(self.client.headers).items()
+            if _text(k).lower() not in ("content-type", "accept")
+        }
+        hdrs.update(headers or {})
+        redirects = 0
+        attempt = 0
+        while True:
+            self.count += 1
+            reply = self._once(method, url, body, hdrs)
+            log.debug("%s %s -> %s", method, urlsplit(url).path, reply.status)
+            if reply.status in (301, 302, 307, 308) and reply.header("Location") and redirects < 3:
+                target = urljoin(url, reply.header("Location") or "")
+                if _origin(target) != _origin(url):
+                    raise SideError(
+                        f"{method} {urlsplit(url).path} was redirected to another host ({_origin(target)}): "
+                        "configure the CalDAV URL of that host instead"
+                    )
+                url, redirects = target, redirects + 1
+                continue
+            if reply.status in (429, 503):
+                if attempt < self.retries:
+                    attempt += 1
+                    time.sleep(self._retry_after(reply))
+                    continue
+                raise Throttled(
+                    f"CalDAV server {_origin(url)} kept answering HTTP {reply.status} to {method} "
+                    f"after {attempt + 1} tries"
+                )
+            return reply
+
+    def _retry_after(self, reply: _Reply) -> float:
+        raw = reply.header("Retry-After")
+        try:
+            wait = float(raw) if raw else 1.0
+        except ValueError:
+            wait = 1.0
+        return max(0.0, min(wait, self.max_wait))
+
+    def _once(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> _Reply:
+        c = self.client
+        proxies = {urlsplit(url).scheme: c.proxy} if c.proxy else None
+        try:
+            r = c.session.request(
+                method,
+                url,
+                data=body or None,
+                headers=dict(headers),
+                auth=c.auth,
+                timeout=c.timeout,
+                verify=c.ssl_verify_cert,
+                cert=c.ssl_cert,
+                proxies=proxies,
+                allow_redirects=False,
+            )
+        except Exception as exc:
+            raise _transport_error(exc, url) from None
+        return _Reply(int(r.status_code or 0), dict(r.headers or {}), r.content or b"", url)
+
+
+_SSL_REASON: Final = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^()\]\[]{3,160}?)\s*(?:\(_ssl|$|\)|')")
+
+
+def _transport_error(exc: Exception, url: str) -> SideError:
+    """Map a session exception to a SideError naming the cause, never the credentials."""
+    origin = _origin(url)
+    name = type(exc).__name__
+    text = str(exc).lower()
+    if "ssl" in name.lower() or "certificate" in text or "tls" in text:
+        detail = _SSL_REASON.search(str(exc))
+        if detail:
+            reason = detail.group(1).strip().rstrip(":")
+        elif "certificate" in text and "verify" in text:
+            reason = "certificate verify failed"
+        else:
+            reason = "TLS handshake failed"
+        return SideError(
+            f"TLS error talking to {origin}: {reason} ({name}); check the server URL and its certificate"
+        )
+    if "timeout" in name.lower() or "timed out" in text:
+        return SideError(f"CalDAV server {origin} did not answer in time ({name})")
+    if "connection" in name.lower() or isinstance(exc, OSError):
+        return SideError(
+            f"cannot connect to CalDAV server {origin} ({name}): refused, unreachable or DNS failure"
+        )
+    return SideError(f"HTTP request to {origin} failed: {name}")
+
+
+def _collection_error(reply: _Reply, what: str) -> SideError:
+    """The error for a failed request on the calendar collection or a principal (whole side)."""
+    where = f"{_origin(reply.url)}{urlsplit(reply.url).path}"
+    st = reply.status
+    if st == 401:
+        return AuthenticationFailed(
+            f"CalDAV server refused the credentials (HTTP 401) on {where}: check the user name and "
+            "the app-specific password"
+        )
+    if st == 403:
+        return AuthenticationFailed(
+            f"CalDAV server denied access (HTTP 403) on {where}: the account lacks permission for "
+            "this calendar, or the URL belongs to another user"
+        )
+    if st == 404:
+        return SideError(f"calendar not found (HTTP 404) at {where}: it was deleted, or the URL is wrong")
+    if st >= 500:
+        return SideError(f"CalDAV server error HTTP {st} on {what} {where}")
+    return SideError(f"unexpected HTTP {st} on {what} {where}")
+
+
+# --- cursor -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    mode: str  # "sync" (RFC 6578 token) or "etag" (listing every time)
+    token: str | None = None
+
+    def dump(self) -> str:
+        data: dict[str, Any] = {"v": _CURSOR_VERSION, "mode": self.mode}
+        if self.token is not None:
+            data["token"] = self.token
+        return json.dumps(data, separators=(",", ":"))
+
+    @staticmethod
+    def load(raw: str | None) -> _Cursor | None:
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION:
+            return None
+        if data.get("mode") == "sync" and isinstance(data.get("token"), str) and data["token"]:
+            return _Cursor("sync", data["token"])
+        if data.get("mode") == "etag":
+            return _Cursor("etag")
+        return None
+
+
+# --- reads --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Found:
+    etag: str | None
+    body: str
+
+
+@dataclass(frozen=True)
+class _Failed:
+    reason: str
+
+
+_GONE: Final = "gone"
+_ReadResult = _Found | _Failed | str
+
+
+@dataclass
+class _SyncDelta:
+    changed: dict[str, str | None]
+    deleted: set[str]
+    token: str
+
+
+class _TokenRefused(Exception):
+    def __init__(self, reason: str, *, unsupported: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unsupported = unsupported
+
+
+def resource_name(idempotency_key: str) -> str:
+    """A safe, stable resource name (``<name>.ics``) for a create's idempotency key.
+
+    Keys of letters, digits, ``-`` and ``_`` (up to 100) are used as they are; anything else is
+    reduced to those characters and suffixed with a hash of the whole key, so two keys never
+    share a name and a retry always targets the same one.
+    """
+    if not idempotency_key:
+        raise ValueError("empty idempotency key")
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,100}", idempotency_key):
+        return f"{idempotency_key}.ics"
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", idempotency_key).strip("-")[:60]
+    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:24]
+    return f"{cleaned}-{digest}.ics" if cleaned else f"{digest}.ics"
+
+
+class CalDAVCalendar:
+    """One CalDAV calendar collection as a :class:`~sync_core.sides.base.Side`.
+
+    ``calendar_url`` is the collection URL (RFC 4791 4.2); ids are the members' href paths in
+    one canonical encoding; etags are ``DAV:getetag`` values in quoted form. ``max_item_bytes``
+    caps one resource (bigger ones are reported with an error and never parsed).
+    ``request_count`` counts every HTTP request this object made (retries and redirects too).
+    """
+
+    name = SideName.CALDAV
+
+    def __init__(
+        self,
+        client: DAVClient,
+        calendar_url: str,
+        *,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        multiget_chunk: int = MULTIGET_CHUNK,
+        max_sync_rounds: int = MAX_SYNC_ROUNDS,
+    ) -> None:
+        url = urljoin(str(client.url), calendar_url)
+        if not url.endswith("/"):
+            url += "/"
+        self.url = url
+        self.path = dx.normalize_href(url)
+        self.max_item_bytes = max_item_bytes
+        self.multiget_chunk = max(1, multiget_chunk)
+        self.max_sync_rounds = max(1, max_sync_rounds)
+        self._http = _Http(client)
+        # Bodies of the last read, per id, so an update keeps other clients' properties without
+        # a second GET (RFC 4791 5.3.2 replaces the whole resource).
+        self._bodies: dict[str, _Found] = {}
+
+    @property
+    def request_count(self) -> int:
+        return self._http.count
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _url(self, item_id: str) -> str:
+        return urljoin(self.url, dx.normalize_href(item_id))
+
+    def _is_member(self, item_id: str) -> bool:
+        return item_id != self.path and not item_id.endswith("/")
+
+    def _send(self, method: str, url: str, *, body: bytes = b"", headers: Mapping[str, str] | None = None,
+              depth: str | None = None, content_type: str | None = None) -> _Reply:
+        hdrs = dict(headers or {})
+        if depth is not None:
+            hdrs["Depth"] = depth
+        if content_type:
+            hdrs["Content-Type"] = content_type
+        return self._http.send(method, url, body=body, headers=hdrs)
+
+    def _multistatus(self, reply: _Reply, what: str) -> dx.Multistatus:
+        try:
+            return dx.parse_multistatus(reply.body)
+        except dx.XMLError as exc:
+            raise SideError(f"{what} on {urlsplit(reply.url).path}: {exc}") from None
+
+    # -- Side: changes --------------------------------------------------------------------------
+
+    def changes(self, cursor: str | None, known: Mapping[str, str | None]) -> ChangeBatch:
+        """What changed since ``cursor``; see the module docstring for the strategy.
+
+        - no cursor: the collection's DAV:sync-token (RFC 6578 4) is read first, then a full
+          etag listing (so nothing written in between is lost); the cursor is that token, or
+          etag mode when the server has none;
+        - sync cursor: sync-collection REPORT (RFC 6578 3.2) from the token, truncation
+          (3.6) followed; a refused token, or a reply that is the whole collection again,
+          gives a full listing with ``reset=True``;
+        - etag cursor: a full listing every time.
+
+        In a full listing, ``deleted`` is every id of ``known`` that is missing from it and
+        that a calendar-multiget confirms gone (404). Bodies are fetched only for ids whose
+        etag differs from ``known``.
+        """
+        spelled = {dx.normalize_href(k): k for k in known}
+        known_n = {dx.normalize_href(k): dx.normalize_etag(v) for k, v in known.items()}
+        state = _Cursor.load(cursor)
+        if state is None:
+            if cursor:
+                log.warning("unreadable cursor for %s: full listing", self.path)
+            return self._full_listing(known_n, spelled, reset=bool(cursor), token=None,
+                                      fetch_token=True)
+        if state.mode == "etag" or state.token is None:
+            return self._full_listing(known_n, spelled, reset=False, token=None, fetch_token=False)
+        try:
+            delta = self._sync(state.token)
+        except _TokenRefused as exc:
+            log.info("sync token refused on %s (%s): full listing", self.path, exc.reason)
+            return self._full_listing(known_n, spelled, reset=True, token=None,
+                                      fetch_token=not exc.unsupported)
+        if self._looks_like_restart(delta, known_n):
+            log.info("sync on %s returned the whole collection for an incremental token: full listing",
+                     self.path)
+            return self._full_listing(known_n, spelled, reset=True, token=delta.token, fetch_token=False)
+        wanted = [i for i, etag in delta.changed.items() if etag is None or known_n.get(i) != etag]
+        items = self._items(wanted, delta.changed, spelled)
+        deleted = [spelled.get(i, i) for i in sorted(delta.deleted)]
+        return ChangeBatch(changed=items, deleted=deleted, cursor=_Cursor("sync", delta.token).dump())
+
+    @staticmethod
+    def _looks_like_restart(delta: _SyncDelta, known: Mapping[str, str | None]) -> bool:
+        """A stale token silently answered with the whole collection (PRODUCT.md trap 9).
+
+        Own writes also come back with the etag we stored, so a few unchanged items are
+        normal; the whole (or most of the) known collection unchanged and no removal is not.
+        A false alarm costs one listing request.
+        """
+        if delta.deleted or not known:
+            return False
+        unchanged = sum(1 for i, e in delta.changed.items() if e is not None and known.get(i) == e)
+        return unchanged >= 3 and unchanged * 2 >= len(known) and unchanged * 2 >= len(delta.changed)
+
+    def _sync(self, token: str) -> _SyncDelta:
+        """RFC 6578 3.2 sync-collection, Depth 0, following 507 truncation (3.6)."""
+        changed: dict[str, str | None] = {}
+        deleted: set[str] = set()
+        for _ in range(self.max_sync_rounds):
+            reply = self._send("REPORT", self.url, body=dx.sync_collection_body(token), depth="0",
+                               content_type=XML_CONTENT_TYPE)
+            if reply.status != 207:
+                self._token_failure(reply)
+            ms = self._multistatus(reply, "sync-collection")
+            truncated = False
+            for r in ms.responses:
+                if r.status == 507:
+                    truncated = True
+                    continue
+                item = dx.normalize_href(r.href)
+                if not self._is_member(item):
+                    continue
+                if r.status in (404, 410):
+                    deleted.add(item)
+                    changed.pop(item, None)
+                elif r.status is None or 200 <= r.status < 300:
+                    changed[item] = dx.normalize_etag(r.text(dx.GETETAG))
+                    deleted.discard(item)
+                else:
+                    log.info("sync-collection on %s: member %s with status %s ignored",
+                             self.path, item, r.status)
+            if not ms.sync_token:
+                raise _TokenRefused("HTTP 207 without a DAV:sync-token")
+            if not truncated:
+                return _SyncDelta(changed, deleted, ms.sync_token)
+            if ms.sync_token == token:
+                raise _TokenRefused("truncated result without a new token")
+            log.info("sync-collection on %s truncated (507): continuing from the new token", self.path)
+            token = ms.sync_token
+        raise _TokenRefused(f"still truncated after {self.max_sync_rounds} rounds")
+
+    def _token_failure(self, reply: _Reply) -> None:
+        """Classify a non-207 answer to sync-collection (RFC 6578 3.2 / 3.7)."""
+        st = reply.status
+        conds = reply.conditions()
+        if st in (401, 404):
+            raise _collection_error(reply, "sync-collection")
+        if "valid-sync-token" in conds:
+            raise _TokenRefused(f"HTTP {st} valid-sync-token")
+        if "supported-report" in conds or st in REPORT_UNSUPPORTED_STATUSES:
+            raise _TokenRefused(f"HTTP {st}: sync-collection not supported", unsupported=True)
+        if st >= 500 and st != 507:
+            raise _collection_error(reply, "sync-collection")
+        if st in STALE_TOKEN_STATUSES or st == 400:
+            raise _TokenRefused(f"HTTP {st}")
+        # Anything else: the listing that follows reports the collection's own state.
+        raise _TokenRefused(f"HTTP {st}")
+
+    def _current_token(self) -> str | None:
+        """DAV:sync-token of the collection (RFC 6578 4), ``None`` when the server has none."""
+        reply = self._send("PROPFIND", self.url, body=dx.propfind_body([dx.SYNC_TOKEN]), depth="0",
+                           content_type=XML_CONTENT_TYPE)
+        if reply.status != 207:
+            raise _collection_error(reply, "PROPFIND")
+        responses = self._multistatus(reply, "PROPFIND sync-token").responses
+        mine = [r for r in responses if dx.normalize_href(r.href) == self.path] or responses[:1]
+        for r in mine:
+            return (r.text(dx.SYNC_TOKEN) or "").strip() or None
+        return None
+
+    def _listing(self) -> dict[str, str | None]:
+        """Every member and its etag: RFC 4918 9.1 PROPFIND Depth 1 (DAV:getetag, resourcetype)."""
+        reply = self._send("PROPFIND", self.url, body=dx.propfind_body([dx.GETETAG, dx.RESOURCETYPE]),
+                           depth="1", content_type=XML_CONTENT_TYPE)
+        if reply.status != 207:
+            raise _collection_error(reply, "PROPFIND")
+        out: dict[str, str | None] = {}
+        for r in self._multistatus(reply, "PROPFIND listing").responses:
+            item = dx.normalize_href(r.href)
+            if item.rstrip("/") == self.path.rstrip("/") and r.status in (404, 410):
+                # Xandikos answers a PROPFIND on a missing collection with 207 + an inner 404.
+                raise SideError(f"calendar not found (HTTP {r.status}) at {self.url}: it was deleted, "
+                                "or the URL is wrong")
+            if not self._is_member(item) or dx.is_collection(r):
+                continue
+            if r.status is not None and not 200 <= r.status < 300:
+                continue
+            out[item] = dx.normalize_etag(r.text(dx.GETETAG))
+        return out
+
+    def _full_listing(self, known: Mapping[str, str | None], spelled: Mapping[str, str], *,
+                      reset: bool, token: str | None, fetch_token: bool) -> ChangeBatch:
+        if fetch_token and token is None:
+            token = self._current_token()
+        listing = self._listing()
+        if not listing and known:
+            raise StorageEmptied(
+                f"CalDAV calendar {self.path} lists no items while {len(known)} are linked; "
+                "refusing to treat that as deletions"
+            )
+        missing = [i for i in known if i not in listing]
+        deleted: list[str] = []
+        items: list[RemoteItem] = []
+        if missing:
+            # RFC 4791 7.9: a member missing from the listing must also be gone when asked for.
+            for item, result in self._read(missing).items():
+                if result == _GONE:
+                    deleted.append(spelled.get(item, item))
+                elif isinstance(result, _Found):
+                    # listed wrongly: it exists; report it only if it changed
+                    listing[item] = result.etag
+                    if result.etag is None or known.get(item) != result.etag:
+                        items.append(self._to_item(item, result, spelled))
+        wanted = [i for i, etag in listing.items()
+                  if i not in missing and (etag is None or known.get(i) != etag)]
+        items = self._items(wanted, listing, spelled) + items
+        cursor = _Cursor("sync", token) if token else _Cursor("etag")
+        return ChangeBatch(changed=items, deleted=sorted(deleted), cursor=cursor.dump(), reset=reset)
+
+    # -- reading bodies -------------------------------------------------------------------------
+
+    def _read(self, ids: Iterable[str]) -> dict[str, _ReadResult]:
+        """Bodies of these (canonical) ids: calendar-multiget in chunks, GET for the leftovers."""
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, _ReadResult] = {}
+        for start in range(0, len(ids), self.multiget_chunk):
+            chunk = ids[start:start + self.multiget_chunk]
+            out.update(self._multiget(chunk))
+        for item in ids:
+            if item not in out:
+                out[item] = self._get_one(item)
+        return out
+
+    def _multiget(self, chunk: list[str]) -> dict[str, _ReadResult]:
+        # RFC 4791 7.9: no Depth header needed ("the Depth header MUST be ignored").
+        reply = self._send("REPORT", self.url, body=dx.multiget_body(chunk), content_type=XML_CONTENT_TYPE)
+        if reply.status == 401 or reply.status >= 500:
+            raise _collection_error(reply, "calendar-multiget")
+        if reply.status != 207:
+            log.info("calendar-multiget on %s answered HTTP %s: reading items one by one",
+                     self.path, reply.status)
+            return {}
+        try:
+            ms = dx.parse_multistatus(reply.body)
+        except dx.XMLError:
+            log.warning("calendar-multiget on %s: unparseable answer, reading items one by one", self.path)
+            return {}
+        wanted = set(chunk)
+        out: dict[str, _ReadResult] = {}
+        for r in ms.responses:
+            item = dx.normalize_href(r.href)
+            if item not in wanted:
+                continue
+            if r.status in (404, 410):
+                out[item] = _GONE
+                continue
+            data = r.props.get(dx.CALENDAR_DATA)
+            if data is not None:
+                out[item] = _Found(dx.normalize_etag(r.text(dx.GETETAG)), "".join(data.itertext()))
+            elif r.prop_status.get(dx.CALENDAR_DATA) in (404, 410) and dx.GETETAG not in r.props:
+                out[item] = _GONE
+            # anything else: left out, read with a GET
+        return out
+
+    def _get_one(self, item: str) -> _ReadResult:
+        reply = self._send("GET", self._url(item), headers={"Accept": "text/calendar"})
+        if reply.status in (404, 410):
+            return _GONE
+        if reply.status == 401 or reply.status >= 500:
+            raise _collection_error(reply, "GET")
+        if reply.status != 200:
+            return _Failed(f"could not read the item: HTTP {reply.status}")
+        return _Found(dx.normalize_etag(reply.header("ETag")), reply.body.decode("utf-8", errors="replace"))
+
+    def _items(self, wanted: list[str], etags: Mapping[str, str | None],
+               spelled: Mapping[str, str]) -> list[RemoteItem]:
+        out: list[RemoteItem] = []
+        for item, result in self._read(wanted).items():
+            if result == _GONE:
+                continue  # removed since it was listed: the next read reports it
+            if isinstance(result, _Failed):
+                out.append(RemoteItem(id=spelled.get(item, item), etag=etags.get(item), event=None,
+                                      error=result.reason))
+                continue
+            assert isinstance(result, _Found)
+            if result.etag is None and etags.get(item) is not None:
+                result = _Found(etags.get(item), result.body)
+            out.append(self._to_item(item, result, spelled))
+        return out
+
+    def _to_item(self, item: str, found: _Found, spelled: Mapping[str, str]) -> RemoteItem:
+        """Parse one body; any failure is this item's error only (PRODUCT.md trap 7)."""
+        rid = spelled.get(item, item)
+        size = len(found.body.encode("utf-8"))
+        if size > self.max_item_bytes:
+            log.warning("item %s is %d bytes, over the %d limit: not parsed", item, size, self.max_item_bytes)
+            return RemoteItem(id=rid, etag=found.etag, event=None,
+                              error=f"payload too large: {size} bytes (limit {self.max_item_bytes})")
+        self._bodies[item] = found
+        try:
+            event = event_from_ical(found.body)
+        except ItemError as exc:
+            log.info("item %s not converted: %s", item, type(exc).__name__)
+            return RemoteItem(id=rid, etag=found.etag, event=None, match_uids=_uids(found.body),
+                              error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a converter bug must not stop the calendar either
+            log.warning("item %s: converter failed with %s", item, type(exc).__name__)
+            return RemoteItem(id=rid, etag=found.etag, event=None, match_uids=_uids(found.body),
+                              error=f"conversion failed: {type(exc).__name__}: {exc}")
+        uids = frozenset({event.uid}) if event.uid else _uids(found.body)
+        return RemoteItem(id=rid, etag=found.etag, event=event, match_uids=uids)
+
+    # -- Side: get ------------------------------------------------------------------------------
+
+    def get(self, ids: Iterable[str]) -> list[RemoteItem]:
+        """Read these items now with calendar-multiget (RFC 4791 7.9); missing ones are left out.
+
+        Items that exist but cannot be read or converted come back with ``error`` (they are not
+        missing). Each item carries the id in the caller's spelling.
+        """
+        spelled: dict[str, str] = {}
+        for i in ids:
+            spelled.setdefault(dx.normalize_href(i), i)
+        return self._items(list(spelled), {}, spelled)
+
+    # -- Side: writes ---------------------------------------------------------------------------
+
+    def id_for_key(self, idempotency_key: str) -> str:
+        """The id :meth:`create` uses for this key (where a retried create would land)."""
+        return dx.normalize_href(self.path + resource_name(idempotency_key))
+
+    def create(self, event: Event, *, idempotency_key: str) -> WriteResult:
+        """PUT a new resource with ``If-None-Match: *`` (RFC 4791 5.3.2, RFC 7232 3.2).
+
+        The name comes from the key, so a retry targets the same resource and gets 412:
+        :class:`AlreadyExists`. A server that finds the UID in another resource (RFC 4791
+        5.3.2.1 CALDAV:no-uid-conflict) also raises :class:`AlreadyExists`.
+        """
+        item = self.id_for_key(idempotency_key)
+        if not event.uid:
+            # RFC 5545 3.8.4.7 UID is required; derived from the key so a retry writes the same.
+            event = event.with_uid(f"{resource_name(idempotency_key)[:-4]}@davbridge")
+        body = event_to_ical(event)
+        self._check_size(body, item)
+        reply = self._send("PUT", self._url(item), body=body.encode("utf-8"),
+                           headers={"If-None-Match": "*"}, content_type=ICS_CONTENT_TYPE)
+        if reply.status == 412 and not reply.conditions() & _UID_CONFLICT:
+            raise AlreadyExists(f"{item} already exists (an earlier create with this key)")
+        self._check_write(reply, item, "PUT")
+        location = reply.header("Location")
+        if reply.status == 201 and location:
+            item = dx.normalize_href(urljoin(self._url(item), location))
+        return self._written(item, reply, body, event)
+
+    def update(self, item_id: str, event: Event, *, etag: str | None) -> WriteResult:
+        """Replace the item's synced fields with a PUT conditional on ``etag`` (RFC 7232 3.1).
+
+        The current body (from this run's read, else a GET) is passed to ``event_to_ical`` so
+        properties other clients set survive (RFC 4791 5.3.2 PUT replaces the whole resource),
+        and its UID is kept (RFC 4791 5.3.2.1: a PUT must not change a resource's UID).
+        Without ``etag``, the PUT is conditional on the etag of the body it was built from, so
+        a concurrent edit is never overwritten blindly.
+        """
+        item = dx.normalize_href(item_id)
+        want = dx.normalize_etag(etag)
+        current = self._bodies.get(item)
+        if current is None or current.etag is None or (want is not None and current.etag != want):
+            current = self._fetch_current(item)
+            if want is not None and current.etag is not None and current.etag != want:
+                raise PreconditionFailed(f"{item} changed since it was read (etag {current.etag} != {want})")
+        stored_uid = _uid(current.body)
+        if stored_uid and event.uid != stored_uid:
+            # RFC 4791 5.3.2.1 CALDAV:no-uid-conflict: a PUT must not change a resource's UID.
+            event = event.with_uid(stored_uid)
+        body = event_to_ical(event, previous=current.body)
+        self._check_size(body, item)
+        match = want or current.etag
+        headers = {"If-Match": match} if match else {}
+        reply = self._send("PUT", self._url(item), body=body.encode("utf-8"), headers=headers,
+                           content_type=ICS_CONTENT_TYPE)
+        if reply.status == 412:
+            self._bodies.pop(item, None)
+            raise PreconditionFailed(f"{item} changed since it was read (HTTP 412)")
+        if reply.status in (404, 410):
+            self._bodies.pop(item, None)
+            raise NotFound(f"{item} is gone (HTTP {reply.status})")
+        self._check_write(reply, item, "PUT")
+        return self._written(item, reply, body, event, id_as=item_id)
+
+    def delete(self, item_id: str, *, etag: str | None) -> None:
+        """DELETE the resource (RFC 4918 9.6), with ``If-Match`` when ``etag`` is given.
+
+        404 / 410: already gone, fine. 412: :class:`PreconditionFailed` (edited since read).
+        """
+        item = dx.normalize_href(item_id)
+        want = dx.normalize_etag(etag)
+        reply = self._send("DELETE", self._url(item), headers={"If-Match": want} if want else {})
+        self._bodies.pop(item, None)
+        if reply.status in (404, 410):
+            log.info("DELETE %s: already gone (HTTP %s)", item, reply.status)
+            return
+        if reply.status == 412:
+            raise PreconditionFailed(f"{item} changed since it was read (HTTP 412)")
+        self._check_write(reply, item, "DELETE")
+
+    def _fetch_current(self, item: str) -> _Found:
+        reply = self._send("GET", self._url(item), headers={"Accept": "text/calendar"})
+        if reply.status in (404, 410):
+            raise NotFound(f"{item} is gone (HTTP {reply.status})")
+        if reply.status != 200:
+            self._check_write(reply, item, "GET")
+            raise SideError(f"GET {item}: unexpected HTTP {reply.status}")
+        return _Found(dx.normalize_etag(reply.header("ETag")), reply.body.decode("utf-8", errors="replace"))
+
+    def _check_size(self, body: str, item: str) -> None:
+        size = len(body.encode("utf-8"))
+        if size > self.max_item_bytes:
+            raise PayloadTooLarge(f"{item}: {size} bytes to write, over the {self.max_item_bytes} limit")
+
+    def _check_write(self, reply: _Reply, item: str, method: str) -> None:
+        """Map a non-success answer to a write (RFC 4791 5.3.2.1 preconditions)."""
+        st = reply.status
+        if 200 <= st < 300:
+            return
+        conds = reply.conditions()
+        log.info("%s %s -> HTTP %s %s", method, item, st, sorted(conds))
+        conflict = sorted(conds & _UID_CONFLICT)
+        if conflict:
+            other = dx.error_hrefs(reply.body, conflict[0])
+            where = dx.normalize_href(other[0]) if other else "another resource"
+            raise AlreadyExists(f"the event's UID is already used by {where} (HTTP {st} {conflict[0]})")
+        if st == 413 or "max-resource-size" in conds:
+            raise PayloadTooLarge(f"{item}: the server refused the size (HTTP {st})")
+        if st == 401 or (st == 403 and (not conds or "need-privileges" in conds)):
+            raise _collection_error(reply, method)
+        if st in (400, 403, 409, 415, 422):
+            # RFC 4791 5.3.2.1 preconditions (valid-calendar-data, ...): this item only.
+            reason = ", ".join(sorted(conds)) or "no reason given"
+            raise ItemError(f"the server refused {item}: HTTP {st} ({reason})")
+        if st >= 500:
+            raise SideError(f"CalDAV server error HTTP {st} on {method} {item}")
+        raise SideError(f"unexpected HTTP {st} on {method} {item}")
+
+    def _written(self, item: str, reply: _Reply, body: str, event: Event, *,
+                 id_as: str | None = None) -> WriteResult:
+        """Etag after a PUT: the ETag header, else a Depth 0 PROPFIND (RFC 4791 5.3.4 lets a
+        server that changed the body omit it)."""
+        etag = dx.normalize_etag(reply.header("ETag"))
+        if etag is None:
+            etag = self._propfind_etag(item)
+        try:
+            stored = event_from_ical(body)
+        except Exception:
+            stored = event
+        if etag is not None:
+            self._bodies[item] = _Found(etag, body)
+        else:
+            self._bodies.pop(item, None)
+        return WriteResult(id=id_as if id_as is not None else item, etag=etag, event=stored)
+
+    def _propfind_etag(self, item: str) -> str | None:
+        reply = self._send("PROPFIND", self._url(item), body=dx.propfind_body([dx.GETETAG]), depth="0",
+                           content_type=XML_CONTENT_TYPE)
+        if reply.status != 207:
+            log.info("PROPFIND getetag %s -> HTTP %s", item, reply.status)
+            return None
+        try:
+            ms = dx.parse_multistatus(reply.body)
+        except dx.XMLError:
+            return None
+        for r in ms.responses:
+            value = dx.normalize_etag(r.text(dx.GETETAG))
+            if value:
+                return value
+        return None
+
+
+def _uid(body: str) -> str | None:
+    try:
+        return uid_of(body)
+    except Exception:
+        return None
+
+
+def _uids(body: str) -> frozenset[str]:
+    uid = _uid(body)
+    return frozenset({uid}) if uid else frozenset()
+
+
+# --- discovery ----------------------------------------------------------------------------------
+
+_WRITE_PRIVILEGES: Final = frozenset(dx.tag(dx.DAV, p) for p in ("all", "write", "write-content"))
+_ALL_COMPONENTS: Final = frozenset({"VEVENT", "VTODO", "VJOURNAL", "VFREEBUSY", "VAVAILABILITY"})
+
+
+@dataclass(frozen=True)
+class CalendarInfo:
+    """One calendar collection found by :func:`discover_calendars`."""
+
+    url: str
+    display_name: str
+    read_only: bool
+    components: frozenset[str]
+    is_default: bool = False
+
+    @property
+    def supports_events(self) -> bool:
+        return "VEVENT" in self.components
+
+
+def discover_calendars(client: DAVClient) -> list[CalendarInfo]:
+    """The user's event calendars (RFC 4791 6.2.1, RFC 5397, RFC 6638 9.2, RFC 3744 5.4).
+
+    1. the principal, from DAV:current-user-principal (RFC 5397) through ``client.principal()``;
+    2. its CALDAV:calendar-home-set (RFC 4791 6.2.1) and CALDAV:schedule-inbox-URL (RFC 6638 2.2);
+    3. a Depth 1 PROPFIND of each home: collections whose DAV:resourcetype has CALDAV:calendar,
+       with DAV:displayname, CALDAV:supported-calendar-component-set (absent = every component,
+       RFC 4791 5.2.3) and DAV:current-user-privilege-set (RFC 3744 5.4: no DAV:write,
+       DAV:write-content or DAV:all means read-only); the configured URL itself is checked too,
+       in case it is a calendar outside the home (a shared calendar);
+    4. the default calendar: CALDAV:schedule-default-calendar-URL of the inbox (RFC 6638 9.2),
+       else the first event calendar with a conventional default name (``default``,
+       ``calendar``, ``personal``, ``home``, ``events``), else the first event calendar.
+
+    Only calendars that accept VEVENT are returned. 401 / 403 -> :class:`AuthenticationFailed`.
+    """
+    http = _Http(client)
+    principal_url = _principal_url(client)
+    reply = _propfind(http, principal_url, [dx.CALENDAR_HOME_SET, dx.SCHEDULE_INBOX_URL], "0")
+    homes: list[str] = []
+    inbox: str | None = None
+    for r in reply.responses:
+        homes += [urljoin(principal_url, h) for h in r.hrefs(dx.CALENDAR_HOME_SET)]
+        inbox_hrefs = r.hrefs(dx.SCHEDULE_INBOX_URL)
+        if inbox_hrefs and inbox is None:
+            inbox = urljoin(principal_url, inbox_hrefs[0])
+    if not homes:
+        homes = [principal_url]
+    props = [dx.RESOURCETYPE, dx.DISPLAYNAME, dx.SUPPORTED_COMPONENTS, dx.CURRENT_USER_PRIVILEGE_SET]
+    found: dict[str, CalendarInfo] = {}
+    for home in dict.fromkeys(homes):
+        for r in _propfind(http, home, props, "1").responses:
+            info = _calendar_info(home, r)
+            if info is not None:
+                found.setdefault(dx.normalize_href(info.url), info)
+    own = str(client.url)
+    own_path = dx.normalize_href(own)
+    if own_path not in found and own_path not in {dx.normalize_href(h) for h in homes}:
+        try:
+            for r in _propfind(http, own, props, "0").responses:
+                info = _calendar_info(own, r)
+                if info is not None:
+                    found.setdefault(dx.normalize_href(info.url), info)
+        except AuthenticationFailed:
+            raise
+        except SideError:
+            pass
+    default = _default_calendar(http, inbox)
+    events = [c for c in found.values() if c.supports_events]
+    chosen = next((c for c in events if default and _same_collection(c.url, default)), None)
+    if chosen is None and events:
+        # No RFC 6638 default: a conventionally named one (servers list in no stable order),
+        # else the first.
+        chosen = next((c for c in events if _last_segment(c.url) in _DEFAULT_NAMES), events[0])
+    return [CalendarInfo(c.url, c.display_name, c.read_only, c.components, c is chosen) for c in events]
+
+
+# Default calendar names: Cyrus "Default", Radicale/Xandikos "calendar", Nextcloud "personal",
+# SOGo "personal", Zimbra/Kerio "Calendar", Fastmail/DAViCal "home"/"calendar", Zoho "events".
+_DEFAULT_NAMES: Final = ("default", "calendar", "personal", "home", "events")
+
+
+def _same_collection(a: str, b: str) -> bool:
+    """Collection hrefs compared without the trailing slash (Xandikos omits it in
+    schedule-default-calendar-URL)."""
+    return dx.normalize_href(a).rstrip("/") == dx.normalize_href(b).rstrip("/")
+
+
+def _last_segment(url: str) -> str:
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def _principal_url(client: DAVClient) -> str:
+    try:
+        principal = client.principal()
+    except caldav_error.AuthorizationError as exc:
+        status = getattr(exc, "status", None)
+        raise AuthenticationFailed(
+            f"CalDAV server {_origin(str(client.url))} refused the credentials (HTTP {status or '401/403'}): "
+            "check the user name and the app-specific password"
+        ) from None
+    except caldav_error.DAVError as exc:
+        raise SideError(
+            f"CalDAV discovery on {_origin(str(client.url))} failed: {type(exc).__name__}"
+        ) from None
+    except Exception as exc:
+        raise _transport_error(exc, str(client.url)) from None
+    return str(principal.url)
+
+
+def _propfind(http: _Http, url: str, props: list[str], depth: str) -> dx.Multistatus:
+    reply = http.send("PROPFIND", url, body=dx.propfind_body(props),
+                      headers={"Depth": depth, "Content-Type": XML_CONTENT_TYPE})
+    if reply.status != 207:
+        raise _collection_error(reply, "PROPFIND")
+    try:
+        return dx.parse_multistatus(reply.body)
+    except dx.XMLError as exc:
+        raise SideError(f"PROPFIND on {urlsplit(url).path}: {exc}") from None
+
+
+def _calendar_info(base: str, r: dx.DavResponse) -> CalendarInfo | None:
+    if dx.tag(dx.CALDAV, "calendar") not in r.child_tags(dx.RESOURCETYPE):
+        return None
+    comps_el = r.props.get(dx.SUPPORTED_COMPONENTS)
+    if comps_el is None:
+        components = _ALL_COMPONENTS
+    else:
+        components = frozenset(
+            (c.get("name") or "").upper() for c in comps_el.iter(dx.tag(dx.CALDAV, "comp")) if c.get("name")
+        )
+    if dx.CURRENT_USER_PRIVILEGE_SET in r.props:
+        read_only = not (r.child_tags(dx.CURRENT_USER_PRIVILEGE_SET) & _WRITE_PRIVILEGES)
+    else:
+        read_only = False  # not reported: assume writable, writes will tell
+    url = urljoin(base, r.href)
+    name = (r.text(dx.DISPLAYNAME) or "").strip() or urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    return CalendarInfo(url=url, display_name=name, read_only=read_only, components=components)
+
+
+def _default_calendar(http: _Http, inbox: str | None) -> str | None:
+    """CALDAV:schedule-default-calendar-URL (RFC 6638 9.2), a property of the schedule inbox."""
+    if not inbox:
+        return None
+    try:
+        ms = _propfind(http, inbox, [dx.SCHEDULE_DEFAULT_CALENDAR_URL], "0")
+    except AuthenticationFailed:
+        return None
+    except SideError:
+        return None
+    for r in ms.responses:
+        hrefs = r.hrefs(dx.SCHEDULE_DEFAULT_CALENDAR_URL)
+        if hrefs:
+            return dx.normalize_href(urljoin(inbox, hrefs[0]))
+    return None

@@ -1,0 +1,159 @@
+"""The state repository: users, pairings, item links, cursors, pending retries, run status.
+
+One interface, two implementations chosen by configuration: ``SQLiteStateStore`` (embedded
+default, ``state/sqlite.py``) and the Azure Table Storage store (a later issue). Records are
+plain dataclasses so both backends store the same fields. Nothing secret is ever stored here:
+credentials live in the secrets store and are referenced by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Direction(StrEnum):
+    TWO_WAY = "two-way"
+    M365_TO_CALDAV = "m365-to-caldav"
+    CALDAV_TO_M365 = "caldav-to-m365"
+
+
+class ConflictPolicy(StrEnum):
+    M365_WINS = "m365-wins"
+    CALDAV_WINS = "caldav-wins"
+    NEWEST_WINS = "newest-wins"
+
+
+@dataclass
+class UserRecord:
+    """One Microsoft 365 mailbox and the CalDAV account it is paired with.
+
+    The CalDAV password is in the secrets store under :meth:`caldav_secret_name`.
+    """
+
+    upn: str
+    caldav_url: str
+    caldav_username: str
+    enabled: bool = True
+    auth_status: str = "unchecked"
+    created_at: datetime = field(default_factory=utcnow)
+
+    def caldav_secret_name(self) -> str:
+        return "caldav-password-" + hashlib.sha256(self.upn.casefold().encode()).hexdigest()[:24]
+
+
+@dataclass
+class Pairing:
+    """One Microsoft 365 calendar paired with one CalDAV calendar of the same user."""
+
+    pairing_id: str
+    upn: str
+    m365_calendar_id: str | None  # None: the mailbox's primary calendar
+    caldav_calendar_url: str
+    name: str = "Calendar"
+    direction: Direction = Direction.TWO_WAY
+    conflict_policy: ConflictPolicy = ConflictPolicy.NEWEST_WINS
+    window_past_days: int = 30
+    window_future_days: int = 365
+
+    @staticmethod
+    def make_id(upn: str, m365_calendar_id: str | None, caldav_calendar_url: str) -> str:
+        raw = f"{upn.casefold()}|{m365_calendar_id or 'primary'}|{caldav_calendar_url}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+@dataclass
+class ItemLink:
+    """The saved pairing of one Microsoft 365 event with one CalDAV resource.
+
+    ``*_etag`` and ``*_fingerprint`` are what each side held right after the last sync (or
+    the service's own write); a read that matches either is not a new change.
+    """
+
+    pairing_id: str
+    uid: str
+    m365_id: str | None = None
+    m365_etag: str | None = None
+    m365_fingerprint: str | None = None
+    caldav_href: str | None = None
+    caldav_etag: str | None = None
+    caldav_fingerprint: str | None = None
+    updated_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def link_id(self) -> str:
+        return link_id_for(self.uid)
+
+
+def link_id_for(uid: str) -> str:
+    """Stable row key for a link: the UID may hold characters storage keys forbid."""
+    return hashlib.sha256(uid.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass
+class PendingItem:
+    """An item whose last write failed or that could not be read; retried by id next run."""
+
+    pairing_id: str
+    side: str
+    item_id: str
+    reason: str
+    attempts: int = 1
+    quarantined: bool = False
+    first_seen: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class RunStatus:
+    """Outcome of the last sync run of one pairing."""
+
+    pairing_id: str
+    upn: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    ok: bool = False
+    last_success_at: datetime | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    error: str | None = None
+
+
+class StateStore(Protocol):
+    """Repository of sync state. Writes are per record, so a crash loses at most one item."""
+
+    # users
+    def save_user(self, user: UserRecord) -> None: ...
+    def get_user(self, upn: str) -> UserRecord | None: ...
+    def list_users(self, *, enabled_only: bool = False) -> list[UserRecord]: ...
+
+    # pairings
+    def save_pairing(self, pairing: Pairing) -> None: ...
+    def list_pairings(self, upn: str) -> list[Pairing]: ...
+
+    # item links
+    def links(self, pairing_id: str) -> list[ItemLink]: ...
+    def save_link(self, link: ItemLink) -> None: ...
+    def delete_link(self, pairing_id: str, uid: str) -> None: ...
+
+    # cursors (delta link / sync token), saved only after a run's plan was applied
+    def get_cursor(self, pairing_id: str, side: str) -> str | None: ...
+    def save_cursor(self, pairing_id: str, side: str, cursor: str | None) -> None: ...
+
+    # pending retries and quarantine
+    def pending(self, pairing_id: str) -> list[PendingItem]: ...
+    def save_pending(self, item: PendingItem) -> None: ...
+    def clear_pending(self, pairing_id: str, side: str, item_ids: Iterable[str]) -> None: ...
+
+    # status
+    def save_status(self, status: RunStatus) -> None: ...
+    def get_status(self, pairing_id: str) -> RunStatus | None: ...
+
+    def close(self) -> None: ...
