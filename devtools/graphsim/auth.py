@@ -206,9 +206,7 @@ class AuthService:
                     "client_assertion_type must be the jwt-bearer assertion type.",
                 )
             token_endpoint = f"{authority_host}/{tenant}/oauth2/v2.0/token"
-            self._verify_assertion(
-                app, form.get("client_assertion", ""), token_endpoint, f"{authority_host}/{tenant}"
-            )
+            self._verify_assertion(app, form.get("client_assertion", ""), token_endpoint, f"{authority_host}/{tenant}")
         elif "client_secret" in form:
             if not app.client_secret or not hmac.compare_digest(
                 form["client_secret"].encode(), app.client_secret.encode()
@@ -217,8 +215,7 @@ class AuthService:
                     401,
                     "invalid_client",
                     7000215,
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the "
-                    "client "
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client "
                     f"secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
                 )
         else:
@@ -226,8 +223,7 @@ class AuthService:
                 401,
                 "invalid_client",
                 7000218,
-                "The request body must contain the following parameter: 'client_assertion' or "
-                "'client_secret'.",
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             )
         token = "gsim." + secrets.token_urlsafe(48)
         lifetime = self.token_lifetime
@@ -251,8 +247,7 @@ class AuthService:
                     400,
                     "invalid_scope",
                     1002012,
-                    f"The provided value for scope {s} is not valid. Client credential flows must have a "
-                    "scope "
+                    f"The provided value for scope {s} is not valid. Client credential flows must have a scope "
                     "value with /.default suffixed to the resource identifier (application ID URI).",
                 )
             resource = s[: -len("/.default")].rstrip("/")
@@ -265,9 +260,7 @@ class AuthService:
                     "issues tokens for Microsoft Graph.",
                 )
 
-    def _verify_assertion(
-        self, app: AppRegistration, assertion: str, token_endpoint: str, authority: str
-    ) -> None:
+    def _verify_assertion(self, app: AppRegistration, assertion: str, token_endpoint: str, authority: str) -> None:
         """RFC 7523 client authentication: check the JWT's certificate, signature and claims."""
         if app.certificate is None:
             raise AadError(
@@ -306,9 +299,7 @@ class AuthService:
         elif alg == "PS256":
             pad = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
         else:
-            raise AadError(
-                401, "invalid_client", 700027, f"Client assertion uses an unsupported algorithm '{alg}'."
-            )
+            raise AadError(401, "invalid_client", 700027, f"Client assertion uses an unsupported algorithm '{alg}'.")
         try:
             public_key.verify(signature, signed, pad, hashes.SHA256())
         except InvalidSignature:
@@ -344,9 +335,7 @@ class AuthService:
             or exp < now - CLOCK_SKEW
             or (isinstance(nbf, int | float) and nbf > now + CLOCK_SKEW)
         ):
-            raise AadError(
-                400, "invalid_client", 700024, "Client assertion is not within its valid time range."
-            )
+            raise AadError(400, "invalid_client", 700024, "Client assertion is not within its valid time range.")
 
     # -- Graph side ---------------------------------------------------------------------------
     def validate_bearer(self, authorization: str | None) -> AccessToken:
@@ -355,11 +344,7 @@ class AuthService:
             "WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/'
             'oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"'
         }
-        if (
-            not authorization
-            or not authorization.lower().startswith("bearer ")
-            or not authorization[7:].strip()
-        ):
+        if not authorization or not authorization.lower().startswith("bearer ") or not authorization[7:].strip():
             raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty.", challenge)
         with self._lock:
             tok = self._tokens.get(authorization[7:].strip())

@@ -230,9 +230,7 @@ class Schema:
                     issues.append(Issue("$.value", "must be an array"))
                     continue
                 for i, item in enumerate(val):
-                    issues.extend(
-                        self.validate(item, type_name, path=f"$.value[{i}]", strict_open=strict_open)
-                    )
+                    issues.extend(self.validate(item, type_name, path=f"$.value[{i}]", strict_open=strict_open))
             elif key.startswith("@"):
                 self._annotation(key, val, "$", issues)
             else:
@@ -312,13 +310,9 @@ class Schema:
         names = [v.strip() for v in value.split(",")] if enum.is_flags else [value]
         for n in names:
             if n not in enum.members:
-                issues.append(
-                    Issue(path, f"'{n}' is not a member of {enum.name} ({', '.join(sorted(enum.members))})")
-                )
+                issues.append(Issue(path, f"'{n}' is not a member of {enum.name} ({', '.join(sorted(enum.members))})"))
 
-    def _structured(
-        self, value: Any, tname: str, path: str, issues: list[Issue], strict: frozenset[str]
-    ) -> None:
+    def _structured(self, value: Any, tname: str, path: str, issues: list[Issue], strict: frozenset[str]) -> None:
         if not isinstance(value, Mapping):
             issues.append(Issue(path, f"expected a JSON object for {tname}, got {type(value).__name__}"))
             return
@@ -351,9 +345,7 @@ class Schema:
                 continue
             self._property(val, pdef, kpath, issues, strict)
 
-    def _property(
-        self, val: Any, pdef: PropertyDef, path: str, issues: list[Issue], strict: frozenset[str]
-    ) -> None:
+    def _property(self, val: Any, pdef: PropertyDef, path: str, issues: list[Issue], strict: frozenset[str]) -> None:
         if pdef.collection:
             if not isinstance(val, list):
                 issues.append(Issue(path, f"expected an array (Collection({pdef.type})), got {val!r}"))

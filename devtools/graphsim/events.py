@@ -132,8 +132,7 @@ def _parse_when(value: Any, name: str) -> When:
     except tz.UnsupportedTimeZone:
         raise bad_request(
             "TimeZoneNotSupportedException",
-            f"A valid TimeZone value must be specified. The following TimeZone value is not supported: "
-            f"'{zone_name}'.",
+            f"A valid TimeZone value must be specified. The following TimeZone value is not supported: '{zone_name}'.",
         ) from None
     try:
         local = tz.parse_graph_datetime(value["dateTime"], zone)
@@ -252,9 +251,7 @@ def apply_write(current: Mapping[str, Any] | None, payload: Mapping[str, Any]) -
         fields["location"] = loc
         fields["locations"] = [dict(loc)] if loc["displayName"] else []
     if "recurrence" in payload:
-        fields["recurrence"] = (
-            _recurrence(payload["recurrence"], fields["start"]) if payload["recurrence"] else None
-        )
+        fields["recurrence"] = _recurrence(payload["recurrence"], fields["start"]) if payload["recurrence"] else None
     elif fields.get("recurrence") and "start" in payload:
         fields["recurrence"] = _copy(fields["recurrence"])
         fields["recurrence"]["range"]["recurrenceTimeZone"] = tz.windows_id(fields["start"].tz_name)
@@ -266,9 +263,7 @@ def _check_times(fields: Mapping[str, Any]) -> None:
     start: When = fields["start"]
     end: When = fields["end"]
     if end.utc < start.utc:
-        raise bad_request(
-            "ErrorCalendarEndDateIsEarlierThanStartDate", "The end date occurs before the start date."
-        )
+        raise bad_request("ErrorCalendarEndDateIsEarlierThanStartDate", "The end date occurs before the start date.")
     if fields["isAllDay"]:
         if not (tz.is_midnight(start.local) and tz.is_midnight(end.local)):
             raise validation_failure("An all-day event must start and end at midnight.")
@@ -354,8 +349,7 @@ def _recurrence(rec: Mapping[str, Any], start: When) -> dict[str, Any]:
     except tz.UnsupportedTimeZone:
         raise bad_request(
             "TimeZoneNotSupportedException",
-            "A valid TimeZone value must be specified. The following TimeZone value is not supported: "
-            f"'{rec_tz}'.",
+            f"A valid TimeZone value must be specified. The following TimeZone value is not supported: '{rec_tz}'.",
         ) from None
     return {
         "pattern": {
@@ -407,9 +401,7 @@ class RenderOptions:
 
 
 def web_link(event_id: str) -> str:
-    return (
-        f"https://outlook.office365.com/owa/?itemid={quote(event_id, safe='')}&exvsurl=1&path=/calendar/item"
-    )
+    return f"https://outlook.office365.com/owa/?itemid={quote(event_id, safe='')}&exvsurl=1&path=/calendar/item"
 
 
 def render_event(ev: StoredEvent, user: User, opts: RenderOptions) -> dict[str, Any]:

@@ -93,9 +93,7 @@ def parse_expand_extended(value: str | None) -> list[str] | None:
         return None
     m = _EXPAND_EXT.match(value)
     if not m:
-        raise bad_request(
-            "BadRequest", f"Parsing OData Select and Expand failed: unsupported $expand '{value}'."
-        )
+        raise bad_request("BadRequest", f"Parsing OData Select and Expand failed: unsupported $expand '{value}'.")
     if m.group("f") is None:
         raise bad_request(
             "ErrorInvalidUrlQuery",
@@ -105,9 +103,7 @@ def parse_expand_extended(value: str | None) -> list[str] | None:
     for part in re.split(r"\s+or\s+", m.group("f").strip(), flags=re.IGNORECASE):
         idm = _ID_EQ.match(part)
         if not idm:
-            raise bad_request(
-                "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes."
-            )
+            raise bad_request("ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
         ids.append(idm.group(1).replace("''", "'"))
     return ids
 

@@ -43,9 +43,7 @@ from devtools.graphsim.store import Calendar, CalendarExists, Store, StoredEvent
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
 EVENT_TYPE = "microsoft.graph.event"
-JSON_CONTENT_TYPE = (
-    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
-)
+JSON_CONTENT_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 
 
 @dataclass
@@ -77,8 +75,7 @@ class Request:
         if not isinstance(data, dict):
             raise bad_request(
                 "BadRequest",
-                "Unable to read JSON request payload. Please ensure Content-Type header is set and payload "
-                "is of "
+                "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of "
                 "valid JSON format.",
             )
         return data
@@ -318,9 +315,7 @@ class GraphService:
             path += "/calendar"
         return f"{path}/{leaf}"
 
-    def _render_options(
-        self, req: Request, applied: list[str], *, odata_type: bool = False
-    ) -> ev_model.RenderOptions:
+    def _render_options(self, req: Request, applied: list[str], *, odata_type: bool = False) -> ev_model.RenderOptions:
         zone_name, zone = "UTC", cast(tzinfo, UTC)
         pref_tz = req.prefer.get("outlook.timezone")
         if pref_tz:
@@ -377,17 +372,14 @@ class GraphService:
 
     def _validate_body(self, payload: dict[str, Any], type_name: str) -> None:
         if "multiValueExtendedProperties" in payload:
-            raise GraphError(
-                501, "NotImplemented", "graphsim does not implement multiValueExtendedProperties yet."
-            )
+            raise GraphError(501, "NotImplemented", "graphsim does not implement multiValueExtendedProperties yet.")
         issues = self.schema.validate(payload, type_name)
         if issues:
             first = issues[0]
             m = re.match(r"'(.+)' is not a property of (.+)$", first.message)
             if m:
                 msg = (
-                    f"The property '{m.group(1)}' does not exist on type '{m.group(2)}'. Make sure to only "
-                    "use "
+                    f"The property '{m.group(1)}' does not exist on type '{m.group(2)}'. Make sure to only use "
                     "property names that are defined by the type or mark the type as open type."
                 )
             else:
@@ -421,8 +413,7 @@ class GraphService:
             raise GraphError(
                 412,
                 "ErrorIrresolvableConflict",
-                "The send or update operation could not be performed because the change key passed in the "
-                "request "
+                "The send or update operation could not be performed because the change key passed in the request "
                 "does not match the current change key for the item.",
             )
 
@@ -439,8 +430,7 @@ class GraphService:
             raise GraphError(
                 404,
                 "Request_ResourceNotFound",
-                f"Resource '{params['u']}' does not exist or one of its queried reference-property objects "
-                "are not "
+                f"Resource '{params['u']}' does not exist or one of its queried reference-property objects are not "
                 "present.",
             )
         given, _, surname = user.display_name.partition(" ")
@@ -510,9 +500,7 @@ class GraphService:
         try:
             cal = self.store.add_calendar(user, name.strip())
         except CalendarExists:
-            raise GraphError(
-                409, "ErrorFolderExists", "A folder with the specified name already exists."
-            ) from None
+            raise GraphError(409, "ErrorFolderExists", "A folder with the specified name already exists.") from None
         if isinstance(payload.get("color"), str):
             cal.color = payload["color"]
         body = {
@@ -530,9 +518,7 @@ class GraphService:
         except ValueError:
             raise bad_request("BadRequest", "Invalid $top or $skip value.") from None
         if not 1 <= top <= MAX_PAGE_SIZE or skip < 0:
-            raise bad_request(
-                "ErrorInvalidUrlQuery", f"$top must be 1..{MAX_PAGE_SIZE} and $skip at least 0."
-            )
+            raise bad_request("ErrorInvalidUrlQuery", f"$top must be 1..{MAX_PAGE_SIZE} and $skip at least 0.")
         return top, skip
 
     def _next_link(self, req: Request, skip: int) -> str:
@@ -560,9 +546,7 @@ class GraphService:
             ctx = FilterContext(
                 get=get,
                 collections={
-                    "singleValueExtendedProperties": [
-                        {"id": cid, "value": v} for cid, (_, v) in e.extended.items()
-                    ]
+                    "singleValueExtendedProperties": [{"id": cid, "value": v} for cid, (_, v) in e.extended.items()]
                 },
             )
             if pred(ctx):
@@ -621,9 +605,7 @@ class GraphService:
         opts = self._render_options(req, applied)
         self._id_preference(req, applied)
         body = {
-            "@odata.context": self._context(
-                req, self._collection_path(params, req, "events/$entity"), opts.select
-            ),
+            "@odata.context": self._context(req, self._collection_path(params, req, "events/$entity"), opts.select),
             **ev_model.render_event(ev, user, opts),
         }
         return Response(200, body, self._headers(applied, {"ETag": ev_model.etag(ev)}))
@@ -648,9 +630,7 @@ class GraphService:
                 self._record_invitation(user, ev, "create")
         return self._event_answer(req, params, user, ev, 201)
 
-    def _event_answer(
-        self, req: Request, params: dict[str, str], user: User, ev: StoredEvent, status: int
-    ) -> Response:
+    def _event_answer(self, req: Request, params: dict[str, str], user: User, ev: StoredEvent, status: int) -> Response:
         applied: list[str] = []
         opts = self._render_options(req, applied)
         self._id_preference(req, applied)
@@ -692,8 +672,7 @@ class GraphService:
         if not start or not end:
             raise bad_request(
                 "ErrorInvalidParameter",
-                "This request requires a time window specified by the query string parameters StartDateTime "
-                "and "
+                "This request requires a time window specified by the query string parameters StartDateTime and "
                 "EndDateTime.",
             )
         try:
@@ -703,9 +682,7 @@ class GraphService:
                 "ErrorInvalidParameter", "The parameter 'StartDateTime' or 'EndDateTime' is invalid."
             ) from None
         if we <= ws:
-            raise bad_request(
-                "ErrorInvalidParameter", "The EndDateTime must be later than the StartDateTime."
-            )
+            raise bad_request("ErrorInvalidParameter", "The EndDateTime must be later than the StartDateTime.")
         return ws, we
 
     def calendar_view(self, req: Request, params: dict[str, str]) -> Response:
@@ -750,9 +727,7 @@ class GraphService:
             except DeltaTokenExpired as exc:
                 raise self._sync_state_gone(req, exc.state) from None
             if state.get("u") != user.id or state.get("c") != cal.id:
-                raise bad_request(
-                    "ErrorInvalidParameter", "The state token does not belong to this calendar view."
-                )
+                raise bad_request("ErrorInvalidParameter", "The state token does not belong to this calendar view.")
             if deltatoken and not skiptoken:
                 if state.get("ph") != "d":
                     raise bad_request("ErrorInvalidParameter", "The $deltatoken value is not a delta token.")
@@ -799,9 +774,7 @@ class GraphService:
         with self.store.lock:
             if state["ph"] == "i":
                 items = [
-                    e
-                    for e in self.store.live_events(cal)
-                    if e.seq > state["a"] and ev_model.overlaps(e.fields, ws, we)
+                    e for e in self.store.live_events(cal) if e.seq > state["a"] and ev_model.overlaps(e.fields, ws, we)
                 ]
                 page = items[:size]
                 value = [ev_model.render_event(e, user, opts) for e in page]
@@ -840,8 +813,7 @@ class GraphService:
         return GraphError(
             410,
             "SyncStateNotFound",
-            "The sync state generation is not found. The delta token is expired and the data must be "
-            "synchronized "
+            "The sync state generation is not found. The delta token is expired and the data must be synchronized "
             "again.",
             headers,
         )

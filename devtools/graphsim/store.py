@@ -121,9 +121,7 @@ class Store:
         with self.lock:
             return self.users.get(key.lower()) or self.users.get(self._by_upn.get(key.lower(), ""))
 
-    def add_calendar(
-        self, user: User, name: str, *, can_edit: bool = True, is_default: bool = False
-    ) -> Calendar:
+    def add_calendar(self, user: User, name: str, *, can_edit: bool = True, is_default: bool = False) -> Calendar:
         with self.lock:
             if any(c.name.lower() == name.lower() for c in user.calendars.values()):
                 raise CalendarExists(name)

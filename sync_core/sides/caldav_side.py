@@ -165,7 +165,8 @@ class _Http:
         headers: Mapping[str, str] | None = None,
     ) -> _Reply:
         hdrs: dict[str, str] = {
-            _text(k): _text(v) for k, v in dict(self.client.headers).items()
+            _text(k): _text(v)
+            for k, v in dict(self.client.headers).items()
             if _text(k).lower() not in ("content-type", "accept")
         }
         hdrs.update(headers or {})
@@ -240,15 +241,11 @@ def _transport_error(exc: Exception, url: str) -> SideError:
             reason = "certificate verify failed"
         else:
             reason = "TLS handshake failed"
-        return SideError(
-            f"TLS error talking to {origin}: {reason} ({name}); check the server URL and its certificate"
-        )
+        return SideError(f"TLS error talking to {origin}: {reason} ({name}); check the server URL and its certificate")
     if "timeout" in name.lower() or "timed out" in text:
         return SideError(f"CalDAV server {origin} did not answer in time ({name})")
     if "connection" in name.lower() or isinstance(exc, OSError):
-        return SideError(
-            f"cannot connect to CalDAV server {origin} ({name}): refused, unreachable or DNS failure"
-        )
+        return SideError(f"cannot connect to CalDAV server {origin} ({name}): refused, unreachable or DNS failure")
     return SideError(f"HTTP request to {origin} failed: {name}")
 
 
@@ -397,8 +394,16 @@ class CalDAVCalendar:
     def _is_member(self, item_id: str) -> bool:
         return item_id != self.path and not item_id.endswith("/")
 
-    def _send(self, method: str, url: str, *, body: bytes = b"", headers: Mapping[str, str] | None = None,
-              depth: str | None = None, content_type: str | None = None) -> _Reply:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        depth: str | None = None,
+        content_type: str | None = None,
+    ) -> _Reply:
         hdrs = dict(headers or {})
         if depth is not None:
             hdrs["Depth"] = depth
@@ -435,19 +440,16 @@ class CalDAVCalendar:
         if state is None:
             if cursor:
                 log.warning("unreadable cursor for %s: full listing", self.path)
-            return self._full_listing(known_n, spelled, reset=bool(cursor), token=None,
-                                      fetch_token=True)
+            return self._full_listing(known_n, spelled, reset=bool(cursor), token=None, fetch_token=True)
         if state.mode == "etag" or state.token is None:
             return self._full_listing(known_n, spelled, reset=False, token=None, fetch_token=False)
         try:
             delta = self._sync(state.token)
         except _TokenRefused as exc:
             log.info("sync token refused on %s (%s): full listing", self.path, exc.reason)
-            return self._full_listing(known_n, spelled, reset=True, token=None,
-                                      fetch_token=not exc.unsupported)
+            return self._full_listing(known_n, spelled, reset=True, token=None, fetch_token=not exc.unsupported)
         if self._looks_like_restart(delta, known_n):
-            log.info("sync on %s returned the whole collection for an incremental token: full listing",
-                     self.path)
+            log.info("sync on %s returned the whole collection for an incremental token: full listing", self.path)
             return self._full_listing(known_n, spelled, reset=True, token=delta.token, fetch_token=False)
         wanted = [i for i, etag in delta.changed.items() if etag is None or known_n.get(i) != etag]
         items = self._items(wanted, delta.changed, spelled)
@@ -472,8 +474,9 @@ class CalDAVCalendar:
         changed: dict[str, str | None] = {}
         deleted: set[str] = set()
         for _ in range(self.max_sync_rounds):
-            reply = self._send("REPORT", self.url, body=dx.sync_collection_body(token), depth="0",
-                               content_type=XML_CONTENT_TYPE)
+            reply = self._send(
+                "REPORT", self.url, body=dx.sync_collection_body(token), depth="0", content_type=XML_CONTENT_TYPE
+            )
             if reply.status != 207:
                 self._token_failure(reply)
             ms = self._multistatus(reply, "sync-collection")
@@ -492,8 +495,7 @@ class CalDAVCalendar:
                     changed[item] = dx.normalize_etag(r.text(dx.GETETAG))
                     deleted.discard(item)
                 else:
-                    log.info("sync-collection on %s: member %s with status %s ignored",
-                             self.path, item, r.status)
+                    log.info("sync-collection on %s: member %s with status %s ignored", self.path, item, r.status)
             if not ms.sync_token:
                 raise _TokenRefused("HTTP 207 without a DAV:sync-token")
             if not truncated:
@@ -523,8 +525,9 @@ class CalDAVCalendar:
 
     def _current_token(self) -> str | None:
         """DAV:sync-token of the collection (RFC 6578 4), ``None`` when the server has none."""
-        reply = self._send("PROPFIND", self.url, body=dx.propfind_body([dx.SYNC_TOKEN]), depth="0",
-                           content_type=XML_CONTENT_TYPE)
+        reply = self._send(
+            "PROPFIND", self.url, body=dx.propfind_body([dx.SYNC_TOKEN]), depth="0", content_type=XML_CONTENT_TYPE
+        )
         if reply.status != 207:
             raise _collection_error(reply, "PROPFIND")
         responses = self._multistatus(reply, "PROPFIND sync-token").responses
@@ -535,8 +538,13 @@ class CalDAVCalendar:
 
     def _listing(self) -> dict[str, str | None]:
         """Every member and its etag: RFC 4918 9.1 PROPFIND Depth 1 (DAV:getetag, resourcetype)."""
-        reply = self._send("PROPFIND", self.url, body=dx.propfind_body([dx.GETETAG, dx.RESOURCETYPE]),
-                           depth="1", content_type=XML_CONTENT_TYPE)
+        reply = self._send(
+            "PROPFIND",
+            self.url,
+            body=dx.propfind_body([dx.GETETAG, dx.RESOURCETYPE]),
+            depth="1",
+            content_type=XML_CONTENT_TYPE,
+        )
         if reply.status != 207:
             raise _collection_error(reply, "PROPFIND")
         out: dict[str, str | None] = {}
@@ -544,8 +552,9 @@ class CalDAVCalendar:
             item = dx.normalize_href(r.href)
             if item.rstrip("/") == self.path.rstrip("/") and r.status in (404, 410):
                 # Xandikos answers a PROPFIND on a missing collection with 207 + an inner 404.
-                raise SideError(f"calendar not found (HTTP {r.status}) at {self.url}: it was deleted, "
-                                "or the URL is wrong")
+                raise SideError(
+                    f"calendar not found (HTTP {r.status}) at {self.url}: it was deleted, or the URL is wrong"
+                )
             if not self._is_member(item) or dx.is_collection(r):
                 continue
             if r.status is not None and not 200 <= r.status < 300:
@@ -553,8 +562,15 @@ class CalDAVCalendar:
             out[item] = dx.normalize_etag(r.text(dx.GETETAG))
         return out
 
-    def _full_listing(self, known: Mapping[str, str | None], spelled: Mapping[str, str], *,
-                      reset: bool, token: str | None, fetch_token: bool) -> ChangeBatch:
+    def _full_listing(
+        self,
+        known: Mapping[str, str | None],
+        spelled: Mapping[str, str],
+        *,
+        reset: bool,
+        token: str | None,
+        fetch_token: bool,
+    ) -> ChangeBatch:
         if fetch_token and token is None:
             token = self._current_token()
         listing = self._listing()
@@ -576,8 +592,7 @@ class CalDAVCalendar:
                     listing[item] = result.etag
                     if result.etag is None or known.get(item) != result.etag:
                         items.append(self._to_item(item, result, spelled))
-        wanted = [i for i, etag in listing.items()
-                  if i not in missing and (etag is None or known.get(i) != etag)]
+        wanted = [i for i, etag in listing.items() if i not in missing and (etag is None or known.get(i) != etag)]
         items = self._items(wanted, listing, spelled) + items
         cursor = _Cursor("sync", token) if token else _Cursor("etag")
         return ChangeBatch(changed=items, deleted=sorted(deleted), cursor=cursor.dump(), reset=reset)
@@ -589,7 +604,7 @@ class CalDAVCalendar:
         ids = list(dict.fromkeys(ids))
         out: dict[str, _ReadResult] = {}
         for start in range(0, len(ids), self.multiget_chunk):
-            chunk = ids[start:start + self.multiget_chunk]
+            chunk = ids[start : start + self.multiget_chunk]
             out.update(self._multiget(chunk))
         for item in ids:
             if item not in out:
@@ -602,8 +617,7 @@ class CalDAVCalendar:
         if reply.status == 401 or reply.status >= 500:
             raise _collection_error(reply, "calendar-multiget")
         if reply.status != 207:
-            log.info("calendar-multiget on %s answered HTTP %s: reading items one by one",
-                     self.path, reply.status)
+            log.info("calendar-multiget on %s answered HTTP %s: reading items one by one", self.path, reply.status)
             return {}
         try:
             ms = dx.parse_multistatus(reply.body)
@@ -637,15 +651,17 @@ class CalDAVCalendar:
             return _Failed(f"could not read the item: HTTP {reply.status}")
         return _Found(dx.normalize_etag(reply.header("ETag")), reply.body.decode("utf-8", errors="replace"))
 
-    def _items(self, wanted: list[str], etags: Mapping[str, str | None],
-               spelled: Mapping[str, str]) -> list[RemoteItem]:
+    def _items(
+        self, wanted: list[str], etags: Mapping[str, str | None], spelled: Mapping[str, str]
+    ) -> list[RemoteItem]:
         out: list[RemoteItem] = []
         for item, result in self._read(wanted).items():
             if result == _GONE:
                 continue  # removed since it was listed: the next read reports it
             if isinstance(result, _Failed):
-                out.append(RemoteItem(id=spelled.get(item, item), etag=etags.get(item), event=None,
-                                      error=result.reason))
+                out.append(
+                    RemoteItem(id=spelled.get(item, item), etag=etags.get(item), event=None, error=result.reason)
+                )
                 continue
             assert isinstance(result, _Found)
             if result.etag is None and etags.get(item) is not None:
@@ -659,19 +675,29 @@ class CalDAVCalendar:
         size = len(found.body.encode("utf-8"))
         if size > self.max_item_bytes:
             log.warning("item %s is %d bytes, over the %d limit: not parsed", item, size, self.max_item_bytes)
-            return RemoteItem(id=rid, etag=found.etag, event=None,
-                              error=f"payload too large: {size} bytes (limit {self.max_item_bytes})")
+            return RemoteItem(
+                id=rid,
+                etag=found.etag,
+                event=None,
+                error=f"payload too large: {size} bytes (limit {self.max_item_bytes})",
+            )
         self._bodies[item] = found
         try:
             event = event_from_ical(found.body)
         except ItemError as exc:
             log.info("item %s not converted: %s", item, type(exc).__name__)
-            return RemoteItem(id=rid, etag=found.etag, event=None, match_uids=_uids(found.body),
-                              error=f"{type(exc).__name__}: {exc}")
+            return RemoteItem(
+                id=rid, etag=found.etag, event=None, match_uids=_uids(found.body), error=f"{type(exc).__name__}: {exc}"
+            )
         except Exception as exc:  # a converter bug must not stop the calendar either
             log.warning("item %s: converter failed with %s", item, type(exc).__name__)
-            return RemoteItem(id=rid, etag=found.etag, event=None, match_uids=_uids(found.body),
-                              error=f"conversion failed: {type(exc).__name__}: {exc}")
+            return RemoteItem(
+                id=rid,
+                etag=found.etag,
+                event=None,
+                match_uids=_uids(found.body),
+                error=f"conversion failed: {type(exc).__name__}: {exc}",
+            )
         uids = frozenset({event.uid}) if event.uid else _uids(found.body)
         return RemoteItem(id=rid, etag=found.etag, event=event, match_uids=uids)
 
@@ -707,8 +733,13 @@ class CalDAVCalendar:
             event = event.with_uid(f"{resource_name(idempotency_key)[:-4]}@davbridge")
         body = event_to_ical(event)
         self._check_size(body, item)
-        reply = self._send("PUT", self._url(item), body=body.encode("utf-8"),
-                           headers={"If-None-Match": "*"}, content_type=ICS_CONTENT_TYPE)
+        reply = self._send(
+            "PUT",
+            self._url(item),
+            body=body.encode("utf-8"),
+            headers={"If-None-Match": "*"},
+            content_type=ICS_CONTENT_TYPE,
+        )
         if reply.status == 412 and not reply.conditions() & _UID_CONFLICT:
             raise AlreadyExists(f"{item} already exists (an earlier create with this key)")
         self._check_write(reply, item, "PUT")
@@ -741,8 +772,9 @@ class CalDAVCalendar:
         self._check_size(body, item)
         match = want or current.etag
         headers = {"If-Match": match} if match else {}
-        reply = self._send("PUT", self._url(item), body=body.encode("utf-8"), headers=headers,
-                           content_type=ICS_CONTENT_TYPE)
+        reply = self._send(
+            "PUT", self._url(item), body=body.encode("utf-8"), headers=headers, content_type=ICS_CONTENT_TYPE
+        )
         if reply.status == 412:
             self._bodies.pop(item, None)
             raise PreconditionFailed(f"{item} changed since it was read (HTTP 412)")
@@ -806,8 +838,7 @@ class CalDAVCalendar:
             raise SideError(f"CalDAV server error HTTP {st} on {method} {item}")
         raise SideError(f"unexpected HTTP {st} on {method} {item}")
 
-    def _written(self, item: str, reply: _Reply, body: str, event: Event, *,
-                 id_as: str | None = None) -> WriteResult:
+    def _written(self, item: str, reply: _Reply, body: str, event: Event, *, id_as: str | None = None) -> WriteResult:
         """Etag after a PUT: the ETag header, else a Depth 0 PROPFIND (RFC 4791 5.3.4 lets a
         server that changed the body omit it)."""
         etag = dx.normalize_etag(reply.header("ETag"))
@@ -824,8 +855,9 @@ class CalDAVCalendar:
         return WriteResult(id=id_as if id_as is not None else item, etag=etag, event=stored)
 
     def _propfind_etag(self, item: str) -> str | None:
-        reply = self._send("PROPFIND", self._url(item), body=dx.propfind_body([dx.GETETAG]), depth="0",
-                           content_type=XML_CONTENT_TYPE)
+        reply = self._send(
+            "PROPFIND", self._url(item), body=dx.propfind_body([dx.GETETAG]), depth="0", content_type=XML_CONTENT_TYPE
+        )
         if reply.status != 207:
             log.info("PROPFIND getetag %s -> HTTP %s", item, reply.status)
             return None
@@ -955,17 +987,16 @@ def _principal_url(client: DAVClient) -> str:
             "check the user name and the app-specific password"
         ) from None
     except caldav_error.DAVError as exc:
-        raise SideError(
-            f"CalDAV discovery on {_origin(str(client.url))} failed: {type(exc).__name__}"
-        ) from None
+        raise SideError(f"CalDAV discovery on {_origin(str(client.url))} failed: {type(exc).__name__}") from None
     except Exception as exc:
         raise _transport_error(exc, str(client.url)) from None
     return str(principal.url)
 
 
 def _propfind(http: _Http, url: str, props: list[str], depth: str) -> dx.Multistatus:
-    reply = http.send("PROPFIND", url, body=dx.propfind_body(props),
-                      headers={"Depth": depth, "Content-Type": XML_CONTENT_TYPE})
+    reply = http.send(
+        "PROPFIND", url, body=dx.propfind_body(props), headers={"Depth": depth, "Content-Type": XML_CONTENT_TYPE}
+    )
     if reply.status != 207:
         raise _collection_error(reply, "PROPFIND")
     try:

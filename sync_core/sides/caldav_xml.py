@@ -50,9 +50,7 @@ SUPPORTED_COMPONENTS = tag(CALDAV, "supported-calendar-component-set")
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _STATUS_RE = re.compile(r"\b([1-5]\d\d)\b")
 
-_PARSER = etree.XMLParser(
-    resolve_entities=False, no_network=True, huge_tree=True, remove_blank_text=False
-)
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True, remove_blank_text=False)
 
 
 class XMLError(ValueError):

@@ -239,9 +239,7 @@ class GraphAuth:
             except ValueError as exc:
                 # msal: unknown tenant / authority (its message names the authority URL only);
                 # cryptography: a PEM that does not load. Neither message holds the secret.
-                raise AuthenticationFailed(
-                    f"cannot use the app registration: {_scrub(str(exc), creds)}"
-                ) from None
+                raise AuthenticationFailed(f"cannot use the app registration: {_scrub(str(exc), creds)}") from None
             _APPS[key] = app
             return app
 
@@ -253,9 +251,7 @@ class GraphAuth:
         except requests.RequestException as exc:
             raise SideError(f"token endpoint unreachable: {type(exc).__name__}") from None
         except ValueError as exc:
-            raise AuthenticationFailed(
-                f"token request failed: {_scrub(str(exc), self.credentials)}"
-            ) from None
+            raise AuthenticationFailed(f"token request failed: {_scrub(str(exc), self.credentials)}") from None
         if not isinstance(result, dict) or "access_token" not in result:
             result = result if isinstance(result, dict) else {}
             error = str(result.get("error") or "unknown_error")
@@ -482,9 +478,7 @@ class GraphClient:
                 log.warning("graph %s %s failed: %s (try %d)", method, path, type(exc).__name__, attempt)
                 delay = self._backoff(attempt)
                 if attempt >= self.max_attempts or waited + delay > self.max_wait:
-                    raise SideError(
-                        f"Graph {method} {path}: {type(exc).__name__} after {attempt} tries"
-                    ) from None
+                    raise SideError(f"Graph {method} {path}: {type(exc).__name__} after {attempt} tries") from None
                 self._wait(delay)
                 waited += delay
                 continue
@@ -507,8 +501,7 @@ class GraphClient:
                 err = _graph_error(resp)
                 if attempt >= self.max_attempts or waited + delay > self.max_wait:
                     raise Throttled(
-                        err.describe(method, path)
-                        + f"; gave up after {attempt} tries and {waited:.1f} s of waiting"
+                        err.describe(method, path) + f"; gave up after {attempt} tries and {waited:.1f} s of waiting"
                     )
                 log.info(
                     "graph %s %s throttled (HTTP %d %s); waiting %.2f s (try %d)",
@@ -556,6 +549,18 @@ class GraphClient:
         if status == 409:
             return Conflict(text, code=err.code)
         return SideError(text)
+
+    def request_json(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A write (POST/PATCH) whose answer is a JSON object (the written entity)."""
+        resp = self.request(method, path_or_url, json=json, headers=headers)
+        return _json_object(resp, method, path_or_url)
 
     def get_json(
         self,

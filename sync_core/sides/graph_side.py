@@ -329,7 +329,8 @@ class GraphCalendar:
                 if not isinstance(item_id, str) or not item_id:
                     log.warning("graph %s: delta item without id skipped", self._calendar)
                     continue
-                merged.setdefault(item_id, item)
+                merged.pop(item_id, None)
+                merged[item_id] = item
             delta_link = page.get("@odata.deltaLink")
             next_link = page.get("@odata.nextLink")
             if isinstance(delta_link, str) and delta_link:
@@ -401,9 +402,7 @@ class GraphCalendar:
             return RemoteItem(item_id, etag, None, uids, error=str(exc) or type(exc).__name__)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # A payload the converter did not anticipate: quarantine the item, keep the calendar.
-            return RemoteItem(
-                item_id, etag, None, uids, error=f"unreadable Graph event ({type(exc).__name__})"
-            )
+            return RemoteItem(item_id, etag, None, uids, error=f"unreadable Graph event ({type(exc).__name__})")
         return RemoteItem(item_id, etag, event, uids)
 
     def get(self, ids: Iterable[str]) -> list[RemoteItem]:
@@ -428,9 +427,7 @@ class GraphCalendar:
         for item in page.get("value") or []:
             if isinstance(item, dict) and item.get("id"):
                 remote = self._remote(item)
-                return RemoteItem(
-                    remote.id, remote.etag, remote.event, remote.match_uids | {uid}, remote.error
-                )
+                return RemoteItem(remote.id, remote.etag, remote.event, remote.match_uids | {uid}, remote.error)
         return None
 
     # -- writing
@@ -444,14 +441,14 @@ class GraphCalendar:
                 log.info("graph %s: create found the event already tagged; not posting", self._calendar)
                 return self._existing_result(existing, event)
         try:
-            resp = self.client.request("POST", self._calendar + "/events", json=body)
+            created = self.client.request_json("POST", self._calendar + "/events", json=body)
         except Conflict as exc:
             if event.uid:
                 existing = self.find_by_uid_tag(event.uid)
                 if existing is not None:
                     return self._existing_result(existing, event)
             raise AlreadyExists(str(exc)) from None
-        return self._result(resp.json(), event, fallback_id=None)
+        return self._result(created, event, fallback_id=None)
 
     def update(self, item_id: str, event: Event, *, etag: str | None) -> WriteResult:
         """PATCH the synced fields, with ``If-Match: etag`` when given."""
@@ -459,8 +456,8 @@ class GraphCalendar:
         body = self._body(event_to_graph(event))
         body.pop("transactionId", None)
         headers = {"If-Match": etag} if etag else None
-        resp = self.client.request("PATCH", self._event_path(item_id), json=body, headers=headers)
-        return self._result(resp.json(), event, fallback_id=item_id)
+        updated = self.client.request_json("PATCH", self._event_path(item_id), json=body, headers=headers)
+        return self._result(updated, event, fallback_id=item_id)
 
     def delete(self, item_id: str, *, etag: str | None) -> None:
         """DELETE the event (``If-Match`` when given); a missing event is not an error."""
