@@ -142,7 +142,7 @@ def test_edit_and_delete_propagate_both_ways(world: World) -> None:
     (moved,) = world.caldav.by_summary("From Outlook, moved")
     assert moved.prop("DTSTART") in (ical_time(day(1, 11)), day(1, 11).strftime("%Y%m%dT%H%M%S"))
     edited = [e for e in world.graph_events() if e["subject"] == "From CalDAV, edited"]
-    assert len(edited) == 1 and edited[0]["location"]["displayName"] == "Cafe", [(e["subject"], e["location"]) for e in world.graph_events()]
+    assert len(edited) == 1 and edited[0]["location"]["displayName"] == "Cafe"
 
     world.graph.delete(world.upn, g["id"])
     world.caldav.delete(href)
