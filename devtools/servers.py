@@ -1040,11 +1040,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where logs/data go (default: a new temp dir)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"davbridge-{args.kind}-"))
+    # The handler goes in before the ready line: a caller may send SIGTERM right after reading it.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server: CalDAVServer | AzuriteServer
     server = start_azurite(workdir) if args.kind == "azurite" else start_caldav(args.kind, workdir)
     print(json.dumps(server.describe(), indent=2), flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             pass

@@ -263,6 +263,13 @@ def test_the_msal_app_is_reused_and_caches_the_token(sim: GraphSim, client: Grap
     first = client.auth.token()
     again = make_client(sim).auth.token()
     assert first == again
+    token_requests = sum(1 for r in sim.request_log if r["path"].endswith("/oauth2/v2.0/token"))
+
+    assert isinstance(client.auth, GraphAuth)
+    client.auth.invalidate()
+    assert client.auth.token()
+    after = sum(1 for r in sim.request_log if r["path"].endswith("/oauth2/v2.0/token"))
+    assert after == token_requests + 1
 
 
 # --- reading: delta -----------------------------------------------------------------------
@@ -629,6 +636,11 @@ class ScriptedGraph:
     def relative(self, url: str) -> str:
         return url.removeprefix(self.base_url)
 
+    def url(self, link: str) -> str:
+        if link.startswith("https://") and not link.startswith(self.base_url):
+            raise SideError("foreign host")
+        return link
+
 
 def graph_event(event_id: str, subject: str, etag: str) -> dict[str, Any]:
     return {
@@ -679,3 +691,49 @@ def test_a_round_that_never_ends_is_bounded() -> None:
     pages = [{"value": [], "@odata.nextLink": f"https://graph.example/v1.0/p{n}"} for n in range(5)]
     with pytest.raises(SideError):
         scripted_calendar(ScriptedGraph(*pages), max_pages=3).changes(None, {})
+
+
+def test_a_cursor_pointing_at_another_host_is_not_followed() -> None:
+    graph = ScriptedGraph(
+        {"value": [], "@odata.deltaLink": "https://graph.example/v1.0/users/x/calendarView/delta?$deltatoken=n"}
+    )
+    side = scripted_calendar(graph)
+    good = side.changes(None, {}).cursor or ""
+    foreign = good.replace("/users/x/calendarView/delta", "https://evil.example/v1.0/delta")
+    assert foreign != good
+    graph.pages.append(
+        {"value": [], "@odata.deltaLink": "https://graph.example/v1.0/users/x/calendarView/delta?$deltatoken=m"}
+    )
+    batch = side.changes(foreign, {})
+    assert batch.reset is True
+    assert not any("evil" in url for url in graph.urls)
+
+
+class FlakyToken:
+    """Hands out a revoked token until told to forget it."""
+
+    def __init__(self, good: GraphAuth) -> None:
+        self.good = good
+        self.stale = True
+        self.invalidations = 0
+
+    def token(self) -> str:
+        return "revoked-token" if self.stale else self.good.token()
+
+    def invalidate(self) -> None:
+        self.invalidations += 1
+        self.stale = False
+
+
+def test_a_refused_token_is_renewed_once_then_reported(sim: GraphSim, client: GraphClient, upn: str) -> None:
+    assert isinstance(client.auth, GraphAuth)
+    flaky = FlakyToken(client.auth)
+    renewing = GraphClient(flaky, base_url=sim.graph_url, verify=sim.ca_path)
+    assert renewing.get_json(f"/users/{upn}/calendar")["id"]
+    assert flaky.invalidations == 1
+
+    hopeless = FlakyToken(client.auth)
+    hopeless.invalidate = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(AuthenticationFailed) as info:
+        GraphClient(hopeless, base_url=sim.graph_url, verify=sim.ca_path).get_json(f"/users/{upn}/calendar")
+    assert "401" in str(info.value) and "revoked-token" not in str(info.value)

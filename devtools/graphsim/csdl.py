@@ -82,6 +82,9 @@ class Issue:
 
     path: str
     message: str
+    #: "unknown_property" for an undeclared property (``type_name`` is the type); "" otherwise
+    kind: str = ""
+    type_name: str = ""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -341,7 +344,7 @@ class Schema:
             pdef = props.get(key)
             if pdef is None:
                 if not is_open:
-                    issues.append(Issue(kpath, f"'{key}' is not a property of {tname}"))
+                    issues.append(Issue(kpath, f"'{key}' is not a property of {tname}", "unknown_property", tname))
                 continue
             self._property(val, pdef, kpath, issues, strict)
 

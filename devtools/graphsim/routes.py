@@ -376,10 +376,10 @@ class GraphService:
         issues = self.schema.validate(payload, type_name)
         if issues:
             first = issues[0]
-            m = re.match(r"'(.+)' is not a property of (.+)$", first.message)
-            if m:
+            if first.kind == "unknown_property":
+                name = first.path.rsplit(".", 1)[-1]
                 msg = (
-                    f"The property '{m.group(1)}' does not exist on type '{m.group(2)}'. Make sure to only use "
+                    f"The property '{name}' does not exist on type '{first.type_name}'. Make sure to only use "
                     "property names that are defined by the type or mark the type as open type."
                 )
             else:

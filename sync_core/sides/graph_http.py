@@ -266,7 +266,7 @@ class GraphAuth:
         """Forget cached access tokens (after Graph answered 401 to one of them)."""
         app = self._app()
         cache = app.token_cache
-        for entry in cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN):
+        for entry in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
             cache.remove_at(entry)
 
 

@@ -289,6 +289,9 @@ class GraphCalendar:
         elif state is not None and not self._window_current(state):
             log.info("graph %s: window moved; starting a full round", self._calendar)
             state = None
+        elif state is not None and not self._link_usable(state.link):
+            log.info("graph %s: saved delta link is not on the Graph host; starting a full round", self._calendar)
+            state = None
         if state is not None:
             try:
                 merged, link = self._round(state.link, params=None)
@@ -301,6 +304,13 @@ class GraphCalendar:
             else:
                 return self._batch(merged, link, (state.start, state.end), known, full=False, reset=False)
         return self._full(known, reset=cursor is not None)
+
+    def _link_usable(self, link: str) -> bool:
+        try:
+            self.client.url(link)
+        except SideError:
+            return False
+        return True
 
     def _window_current(self, state: _Cursor) -> bool:
         start, end = self.window
