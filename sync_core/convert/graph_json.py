@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 from sync_core.convert.html_text import html_to_text, text_to_html
 from sync_core.convert.timezones import (
     UTC_NAME,
+    first_known_zone,
     iana_to_windows,
     windows_to_iana,
     zone,
@@ -223,13 +224,7 @@ def _aware(local: datetime, zone_name: str) -> datetime:
 
 def _author_zone(payload: Mapping[str, Any], response_zone: str) -> str:
     """IANA name of the zone the author used; see :func:`event_from_graph`."""
-    for candidate in (payload.get("originalStartTimeZone"), response_zone):
-        if isinstance(candidate, str) and candidate:
-            try:
-                return windows_to_iana(candidate)
-            except UnknownTimeZone:
-                continue
-    return UTC_NAME
+    return first_known_zone((payload.get("originalStartTimeZone"), response_zone))
 
 
 def _string(payload: Mapping[str, Any], key: str, ident: str) -> str:

@@ -46,6 +46,7 @@ from sync_core.convert.html_text import html_to_text
 from sync_core.convert.timezones import (
     UTC_NAME,
     equivalent_zone,
+    first_known_zone,
     iana_name,
     is_utc_name,
     is_windows_id,
@@ -648,14 +649,7 @@ def _write_times(vevent: Component, event: Event) -> None:
 
 def _write_zone_name(event: Event) -> str:
     """IANA name to write (never a Windows id); UTC when the zone cannot be resolved."""
-    candidates = [event.timezone, getattr(getattr(event.start, "tzinfo", None), "key", None)]
-    for candidate in candidates:
-        if isinstance(candidate, str) and candidate:
-            try:
-                return windows_to_iana(candidate)
-            except UnknownTimeZone:
-                continue
-    return UTC_NAME
+    return first_known_zone((event.timezone, getattr(getattr(event.start, "tzinfo", None), "key", None)))
 
 
 def _as_date(value: datetime | date) -> date:

@@ -335,3 +335,14 @@ __all__ = [
     "windows_to_iana",
     "zone",
 ]
+
+
+def first_known_zone(candidates: Iterable[object]) -> str:
+    """IANA name of the first candidate (Windows id, IANA name or UTC alias) that resolves; else UTC."""
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate:
+            try:
+                return windows_to_iana(candidate)
+            except UnknownTimeZone:
+                continue
+    return UTC_NAME
