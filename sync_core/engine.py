@@ -88,10 +88,15 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
                          window[0] if window else None, window[1] if window else None)
     try:
         links = store.links(pid)
-        known = {
+        known: dict[SideName, dict[str, str | None]] = {
             SideName.M365: {lk.m365_id: lk.m365_etag for lk in links if lk.m365_id},
             SideName.CALDAV: {lk.caldav_href: lk.caldav_etag for lk in links if lk.caldav_href},
         }
+        # Quarantined items are "known" too (no etag: always re-read), so the side reports
+        # their deletion and the quarantine row is cleared instead of counting forever.
+        for held in store.pending(pid):
+            if held.quarantined:
+                known[SideName(held.side)].setdefault(held.item_id, None)
         batches = {side: sides[side].changes(store.get_cursor(pid, side.value), known[side])
                    for side in (SideName.M365, SideName.CALDAV)}
         retried = _reread_pending(pairing, sides, store, batches)

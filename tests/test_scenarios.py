@@ -262,7 +262,7 @@ def test_crash_between_remote_write_and_state_save_leaves_no_duplicate(
 def test_broken_item_is_quarantined_and_the_rest_syncs(world: World) -> None:
     # Every server accepts a TZID without VTIMEZONE; no zone database knows this one.
     when, until = day(1).strftime("%Y%m%dT%H%M%S"), day(1, 10).strftime("%Y%m%dT%H%M%S")
-    world.caldav.put_raw("broken.ics", "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//x//EN\r\nBEGIN:VEVENT\r\n"
+    broken = world.caldav.put_raw("broken.ics", "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//x//EN\r\nBEGIN:VEVENT\r\n"
                          f"UID:broken-{uuid.uuid4().hex}\r\nDTSTAMP:20261101T000000Z\r\n"
                          f"DTSTART;TZID=Mars/Olympus:{when}\r\nDTEND;TZID=Mars/Olympus:{until}\r\n"
                          "SUMMARY:Unknown zone\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
@@ -272,3 +272,8 @@ def test_broken_item_is_quarantined_and_the_rest_syncs(world: World) -> None:
     assert [e["subject"] for e in world.graph_events()] == ["Healthy"]
     status = json.loads(world.run("status", "--json"))
     assert status[0]["quarantined"] == 1
+
+    world.caldav.delete(broken)  # the author removes the broken item: the quarantine clears
+    world.sync()
+    assert json.loads(world.run("status", "--json"))[0]["quarantined"] == 0
+    assert [e["subject"] for e in world.graph_events()] == ["Healthy"]
