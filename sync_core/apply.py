@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from sync_core.errors import (
     AlreadyExists,
@@ -20,7 +20,17 @@ from sync_core.errors import (
     PreconditionFailed,
     Throttled,
 )
-from sync_core.reconcile import Action, CreateOn, DeleteOn, DropLink, Plan, Quarantine, SaveLink, UpdateOn
+from sync_core.reconcile import (
+    Action,
+    CreateOn,
+    DeleteOn,
+    DropLink,
+    Plan,
+    Quarantine,
+    SaveLink,
+    UpdateOn,
+    idempotency_key,
+)
 from sync_core.sides.base import Side, SideName, WriteResult
 from sync_core.state.base import ItemLink, PendingItem, StateStore
 
@@ -69,10 +79,10 @@ def _apply_one(action: Action, sides: Mapping[SideName, Side], store: StateStore
         result.count(f"created_{action.target.value}")
         return written
     if isinstance(action, UpdateOn):
-        target_id = _target_id(action.link, action.target)
+        target_id = action.link.id_on(action.target)
         assert target_id is not None
         try:
-            etag = _target_etag(action.link, action.target)
+            etag = action.link.etag_on(action.target)
             written = sides[action.target].update(target_id, action.event, etag=etag)
         except NotFound:
             # Gone since it was read: the source's content is restored as a new item.
@@ -84,9 +94,9 @@ def _apply_one(action: Action, sides: Mapping[SideName, Side], store: StateStore
         store.save_link(_with_write(action.link, action.target, written))
         return written
     if isinstance(action, DeleteOn):
-        target_id = _target_id(action.link, action.target)
+        target_id = action.link.id_on(action.target)
         assert target_id is not None
-        sides[action.target].delete(target_id, etag=_target_etag(action.link, action.target))
+        sides[action.target].delete(target_id, etag=action.link.etag_on(action.target))
         store.delete_link(action.link.pairing_id, action.link.uid)
         result.count(f"deleted_{action.target.value}")
         return None
@@ -116,35 +126,21 @@ def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str) 
         return
     link = action.link
     for side in (SideName.M365, SideName.CALDAV):
-        item_id = _target_id(link, side)
+        item_id = link.id_on(side)
         if item_id:
             store.save_pending(PendingItem(link.pairing_id, side.value, item_id, reason))
     if isinstance(action, DeleteOn):
         # The delete lost a race with an edit: keep the link so the edit is restored.
         store.save_link(link)
-    result.failed.append((action.target.value, _target_id(link, action.target) or link.link_id, reason))
+    result.failed.append((action.target.value, link.id_on(action.target) or link.link_id, reason))
     expected = reason.startswith((AlreadyExists.__name__, PreconditionFailed.__name__))
     log.log(logging.INFO if expected else logging.WARNING, "deferred %s on %s for link %s: %s",
             type(action).__name__, action.target.value, link.link_id, reason)
 
 
 def _with_write(link: ItemLink, side: SideName, written: WriteResult) -> ItemLink:
-    fp = written.event.fingerprint()
-    if side is SideName.M365:
-        return replace(link, m365_id=written.id, m365_etag=written.etag, m365_fingerprint=fp)
-    return replace(link, caldav_href=written.id, caldav_etag=written.etag, caldav_fingerprint=fp)
-
-
-def _target_id(link: ItemLink, side: SideName) -> str | None:
-    return link.m365_id if side is SideName.M365 else link.caldav_href
-
-
-def _target_etag(link: ItemLink, side: SideName) -> str | None:
-    return link.m365_etag if side is SideName.M365 else link.caldav_etag
+    return link.with_side(side, written.id, written.etag, written.event.fingerprint())
 
 
 def _recreate_key(link: ItemLink, side: SideName) -> str:
-    from sync_core.reconcile import idempotency_key
-
-    gone = _target_id(link, side) or ""
-    return idempotency_key(link.pairing_id, f"{link.uid}|recreated-after|{gone}")
+    return idempotency_key(link.pairing_id, f"{link.uid}|recreated-after|{link.id_on(side) or ''}")

@@ -8,7 +8,7 @@ make that re-read a no-op for what was already done.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -17,7 +17,7 @@ from sync_core.apply import ApplyResult, WriteHook, apply_plan
 from sync_core.errors import DavbridgeError
 from sync_core.reconcile import PairingRules, Plan, reconcile
 from sync_core.sides.base import ChangeBatch, Side, SideName
-from sync_core.state.base import Pairing, RunStatus, StateStore, UserRecord, utcnow
+from sync_core.state.base import ItemLink, Pairing, RunStatus, StateStore, UserRecord, utcnow
 
 log = logging.getLogger("davbridge.engine")
 
@@ -132,7 +132,7 @@ def _reread_pending(pairing: Pairing, sides: Mapping[SideName, Side], store: Sta
     return retried
 
 
-def _restore_deleted_mirrors(rules: PairingRules, links: list, sides: Mapping[SideName, Side],
+def _restore_deleted_mirrors(rules: PairingRules, links: Sequence[ItemLink], sides: Mapping[SideName, Side],
                              batches: dict[SideName, ChangeBatch]) -> None:
     """One-way pairing: a deleted mirror item is re-created from its source, so read it."""
     for mirror in (SideName.M365, SideName.CALDAV):
@@ -140,8 +140,7 @@ def _restore_deleted_mirrors(rules: PairingRules, links: list, sides: Mapping[Si
         if rules.reads_from(mirror) or not batches[mirror].deleted:
             continue
         gone = set(batches[mirror].deleted)
-        source_ids = [(lk.m365_id if source is SideName.M365 else lk.caldav_href) for lk in links
-                      if (lk.m365_id if mirror is SideName.M365 else lk.caldav_href) in gone]
+        source_ids = [lk.id_on(source) for lk in links if lk.id_on(mirror) in gone]
         changed = {i.id for i in batches[source].changed}
         wanted = sorted(i for i in source_ids if i and i not in changed)
         if wanted:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 
 from sync_core.errors import MassDeletion
@@ -217,10 +217,10 @@ class _Reconciler:
             link = self.by_identity.get(identity)
             if link is None:
                 continue
-            if _side_id(link, side) is None:
+            if link.id_on(side) is None:
                 self.by_id[side][item.id] = link
                 return link
-            if _side_id(link, side) != item.id:
+            if link.id_on(side) != item.id:
                 self._quarantine(side, item.id, "duplicate identity: another item already carries this UID")
                 return None
         return None
@@ -246,12 +246,12 @@ class _Reconciler:
                 continue
             if other is not None and other.item is not None:
                 # Deleted here, modified there: the modification is restored here.
-                gone_id = _side_id(link, gone) or ""
+                gone_id = link.id_on(gone) or ""
                 self._copy(_with_side(_cleared(link, gone), gone.other(), other.item), other.item, gone,
                            create=True, reason="restored: edited on the other side after deletion",
                            key_salt=f"|restore|{gone_id}")
             elif rules.reads_from(gone) and rules.writes_to(gone.other()):
-                if _side_id(link, gone.other()):
+                if link.id_on(gone.other()):
                     self.plan.actions.append(DeleteOn(gone.other(), _cleared(link, gone)))
                 else:
                     self.plan.actions.append(DropLink(link))
@@ -297,7 +297,7 @@ class _Reconciler:
             self.plan.actions.append(SaveLink(link, f"not written to {target.value} (one-way)"))
             return
         event = source.event.with_uid(link.uid)
-        if create or _side_id(link, target) is None:
+        if create or link.id_on(target) is None:
             # A restore uses its own key: the first create's key names a deleted item.
             key = idempotency_key(self.rules.pairing_id, link.uid + key_salt)
             self.plan.actions.append(CreateOn(target, event, link, key, reason))
@@ -411,31 +411,18 @@ def _identities(pairing_id: str, item: RemoteItem) -> set[str]:
 
 def _is_echo(side: SideName, link: ItemLink, item: RemoteItem) -> bool:
     """Is this read what the link saved for this side (our own write, or nothing new)?"""
-    if item.etag is not None and item.etag == _side_etag(link, side):
+    if item.etag is not None and item.etag == link.etag_on(side):
         return True
     assert item.event is not None
     return item.event.fingerprint() == (link.m365_fingerprint if side is M365 else link.caldav_fingerprint)
 
 
-def _side_id(link: ItemLink, side: SideName) -> str | None:
-    return link.m365_id if side is M365 else link.caldav_href
-
-
-def _side_etag(link: ItemLink, side: SideName) -> str | None:
-    return link.m365_etag if side is M365 else link.caldav_etag
-
-
 def _with_side(link: ItemLink, side: SideName, item: RemoteItem) -> ItemLink:
-    fp = item.event.fingerprint() if item.event else None
-    if side is M365:
-        return replace(link, m365_id=item.id, m365_etag=item.etag, m365_fingerprint=fp)
-    return replace(link, caldav_href=item.id, caldav_etag=item.etag, caldav_fingerprint=fp)
+    return link.with_side(side, item.id, item.etag, item.event.fingerprint() if item.event else None)
 
 
 def _cleared(link: ItemLink, side: SideName) -> ItemLink:
-    if side is M365:
-        return replace(link, m365_id=None, m365_etag=None, m365_fingerprint=None)
-    return replace(link, caldav_href=None, caldav_etag=None, caldav_fingerprint=None)
+    return link.with_side(side, None, None, None)
 
 
 def _seconds(value: datetime | None) -> datetime | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
@@ -91,6 +91,19 @@ class ItemLink:
     @property
     def link_id(self) -> str:
         return link_id_for(self.uid)
+
+    def id_on(self, side: str) -> str | None:
+        """The item id on ``side`` ("m365" or "caldav")."""
+        return self.m365_id if side == "m365" else self.caldav_href
+
+    def etag_on(self, side: str) -> str | None:
+        return self.m365_etag if side == "m365" else self.caldav_etag
+
+    def with_side(self, side: str, item_id: str | None, etag: str | None, fingerprint: str | None) -> ItemLink:
+        """A copy holding what ``side`` now has for this item (``None``s: nothing)."""
+        if side == "m365":
+            return replace(self, m365_id=item_id, m365_etag=etag, m365_fingerprint=fingerprint)
+        return replace(self, caldav_href=item_id, caldav_etag=etag, caldav_fingerprint=fingerprint)
 
 
 def link_id_for(uid: str) -> str:
