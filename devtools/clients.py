@@ -47,6 +47,25 @@ class GraphUserApp:
                    "body": {"contentType": "text", "content": body}, "location": {"displayName": location}}
         return dict(self._call("POST", f"/users/{upn}/events", json=payload).json())
 
+    def create_raw(self, upn: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._call("POST", f"/users/{upn}/events", json=payload).json())
+
+    def get(self, upn: str, event_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/users/{upn}/events/{event_id}").json())
+
+    def instances(self, upn: str, event_id: str, start: str, end: str) -> list[dict[str, Any]]:
+        """Occurrences and exceptions of a series between two ISO instants (all pages)."""
+        out: list[dict[str, Any]] = []
+        url: str | None = (self.graph_url + f"/users/{upn}/events/{event_id}/instances"
+                           f"?startDateTime={start}&endDateTime={end}")
+        while url:
+            page = self.session.get(url, timeout=10, verify=self.ca_path)
+            page.raise_for_status()
+            data = page.json()
+            out.extend(data["value"])
+            url = data.get("@odata.nextLink")
+        return out
+
     def update(self, upn: str, event_id: str, **fields: Any) -> dict[str, Any]:
         return dict(self._call("PATCH", f"/users/{upn}/events/{event_id}", json=fields).json())
 

@@ -17,8 +17,10 @@ from sync_core.errors import (
     AuthenticationFailed,
     DavbridgeError,
     NotFound,
+    PayloadTooLarge,
     PreconditionFailed,
     Throttled,
+    UnsupportedEvent,
 )
 from sync_core.reconcile import (
     Action,
@@ -64,7 +66,8 @@ def apply_plan(
         except (AuthenticationFailed, Throttled):
             raise
         except DavbridgeError as exc:
-            _defer(action, store, result, f"{type(exc).__name__}: {exc}")
+            _defer(action, store, result, f"{type(exc).__name__}: {exc}",
+                   refused=isinstance(exc, UnsupportedEvent | PayloadTooLarge))
             continue
         if on_write is not None and isinstance(action, CreateOn | UpdateOn | DeleteOn):
             on_write(action, written)
@@ -114,12 +117,14 @@ def _apply_one(action: Action, sides: Mapping[SideName, Side], store: StateStore
     raise TypeError(f"unknown action {action!r}")
 
 
-def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str) -> None:
+def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str, *, refused: bool = False) -> None:
     """A write failed for this item only: re-read both sides of it on the next run.
 
     AlreadyExists (a create retried after a crash) and PreconditionFailed (someone edited the
     item since it was read) need no special path: the re-read pairs or re-decides it. The
-    link row is left as it was before the action, so the next read is still a change."""
+    link row is left as it was before the action, so the next read is still a change.
+    ``refused``: the side will not take this content (a meeting it would notify, a size
+    limit): the target item is also quarantined with the reason, so status shows it."""
     if not isinstance(action, CreateOn | UpdateOn | DeleteOn):
         result.failed.append(("state", "", reason))
         log.warning("state write failed: %s", reason)
@@ -129,6 +134,10 @@ def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str) 
         item_id = link.id_on(side)
         if item_id:
             store.save_pending(PendingItem(link.pairing_id, side.value, item_id, reason))
+    target_id = link.id_on(action.target)
+    if refused and target_id:
+        store.save_pending(PendingItem(link.pairing_id, action.target.value, target_id, reason, quarantined=True))
+        result.quarantined += 1
     if isinstance(action, DeleteOn):
         # The delete lost a race with an edit: keep the link so the edit is restored.
         store.save_link(link)

@@ -183,6 +183,7 @@ def _status(services: Services, args: argparse.Namespace) -> int:
                                  if st and st.last_success_at else None),
                 "ok": st.ok if st else None, "counts": st.counts if st else {},
                 "quarantined": st.quarantined if st else 0, "last_error": st.error if st else None,
+                "notices": st.notices if st else [],
             })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -191,6 +192,9 @@ def _status(services: Services, args: argparse.Namespace) -> int:
            [[r["user"], "yes" if r["enabled"] else "no", r["auth_status"], r["pairing"], r["last_run"] or "-",
              r["last_success"] or "-", ", ".join(f"{k}={v}" for k, v in sorted(r["counts"].items())) or "-",
              str(r["quarantined"]), r["last_error"] or ""] for r in rows])
+    for r in rows:
+        for notice in r["notices"]:
+            print(f"note: {r['user']} / {r['pairing']}: {notice}")
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Protocol
 from sync_core.apply import ApplyResult, WriteHook, apply_plan
 from sync_core.errors import DavbridgeError
 from sync_core.reconcile import PairingRules, Plan, reconcile
-from sync_core.sides.base import ChangeBatch, Side, SideName
+from sync_core.sides.base import ChangeBatch, RemoteItem, Side, SideName
 from sync_core.state.base import ItemLink, Pairing, RunStatus, StateStore, UserRecord, utcnow
 
 log = logging.getLogger("davbridge.engine")
@@ -35,6 +35,8 @@ class PairingOutcome:
     plan: Plan | None = None
     applied: ApplyResult | None = None
     error: str | None = None
+    notices: dict[str, str] = field(default_factory=dict)
+    reread: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -109,10 +111,41 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
         for side, batch in batches.items():
             store.save_cursor(pid, side.value, batch.cursor)
         log.info("pairing %s synced: %s", pid, applied.counts or "no changes")
-        return PairingOutcome(pairing, plan=plan, applied=applied)
+        notices, reread = _notices(batches)
+        return PairingOutcome(pairing, plan=plan, applied=applied, notices=notices, reread=reread)
     except DavbridgeError as exc:
         log.warning("pairing %s failed: %s: %s", pid, type(exc).__name__, exc)
         return PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
+
+
+#: At most this many notices are kept in a pairing's status.
+MAX_NOTICES = 20
+
+
+def _notices(batches: Mapping[SideName, ChangeBatch]) -> tuple[dict[str, str], set[str]]:
+    """Notices the sides reported (e.g. a series expanded into single events), one per
+    resource (``"<side> <id>"``), and every resource read this run (their old notices go)."""
+    seen: dict[str, str] = {}
+    reread: set[str] = set()
+    for side, batch in batches.items():
+        for item in [*batch.changed, *(RemoteItem(i, None, None) for i in batch.deleted)]:
+            where = f"{side.value} {item.id.split('#', 1)[0]}"
+            reread.add(where)
+            if item.notice:
+                seen.setdefault(where, item.notice)
+    return seen, reread
+
+
+def merged_notices(previous: list[str], result: PairingOutcome) -> list[str]:
+    """The status's notices: the previous ones for resources not read this run, plus this
+    run's (a resource read again without a notice has none any more)."""
+    kept: dict[str, str] = {}
+    for line in previous:
+        where, _, text = line.partition(": ")
+        if where not in result.reread:
+            kept[where] = text
+    kept.update(result.notices)
+    return [f"{where}: {text}" for where, text in sorted(kept.items())][:MAX_NOTICES]
 
 
 def _reread_pending(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore,
@@ -168,5 +201,6 @@ def _save_status(store: StateStore, user: UserRecord, result: PairingOutcome, *,
         counts=dict(result.applied.counts) if result.applied else {},
         quarantined=sum(1 for p in store.pending(result.pairing.pairing_id) if p.quarantined),
         error=result.error,
+        notices=merged_notices(previous.notices if previous else [], result),
     )
     store.save_status(status)

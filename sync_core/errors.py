@@ -83,3 +83,9 @@ class MassDeletion(SafetyError):
 
 class DuplicateIdentity(ItemError):
     """Two items on one side claim the same identity (UID / iCalUId)."""
+
+
+class NotExpressible(UnsupportedEvent):
+    """A valid recurrence Microsoft Graph cannot hold as a series (reason in the message).
+
+    Such a series is expanded into single events instead (docs/RECURRENCE.md, "the fallback")."""

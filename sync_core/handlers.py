@@ -75,6 +75,7 @@ def user_status(services: Services, upn: str) -> tuple[int, dict[str, Any]]:
             "counts": st.counts if st else {},
             "quarantined": st.quarantined if st else 0,
             "last_error": st.error if st else None,
+            "notices": st.notices if st else [],
         })
     return 200, {"user": user.upn, "enabled": user.enabled, "auth_status": user.auth_status,
                  "pairings": pairings}

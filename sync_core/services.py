@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from sync_core.apply import WriteHook
+from sync_core.convert.recurrence import graph_unsupported_reason
 from sync_core.engine import UserOutcome, sync_user
 from sync_core.errors import AuthenticationFailed, DavbridgeError, SideError
 from sync_core.secrets import SecretStore, open_secrets
@@ -81,7 +82,8 @@ class Services:
                              timeout=self.settings.caldav_timeout_seconds)
         return {
             SideName.M365: GraphCalendar(self.graph(), user.upn, pairing.m365_calendar_id, window=window),
-            SideName.CALDAV: CalDAVCalendar(client, pairing.caldav_calendar_url),
+            SideName.CALDAV: CalDAVCalendar(client, pairing.caldav_calendar_url, window=window,
+                                            expand_when=graph_unsupported_reason),
         }
 
     # -- operations -------------------------------------------------------------------------------

@@ -160,3 +160,7 @@ def fresh_calendar(caldav_server: servers.CalDAVServer, request: pytest.FixtureR
 @pytest.fixture(scope="session")
 def azurite(_server_pool: ServerPool) -> servers.AzuriteServer:
     return _server_pool.azurite()
+
+
+# The scenario world (Graph stand-in + real CalDAV server + CLI) for every scenario module.
+from scenario_world import graphsim, world  # noqa: E402, F401

@@ -18,7 +18,7 @@ from sync_core.convert.graph_json import (
 from sync_core.convert.html_text import html_to_text, text_to_html
 from sync_core.convert.ical import event_from_ical, event_to_ical
 from sync_core.convert.timezones import windows_to_iana
-from sync_core.errors import InvalidGraphEvent, UnknownTimeZone, UnsupportedEvent
+from sync_core.errors import InvalidGraphEvent, UnknownTimeZone
 from sync_core.model import Event, Sensitivity, ShowAs
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -353,17 +353,6 @@ def test_unknown_response_zone_raises_unknown_time_zone() -> None:
     payload = base_payload()
     payload["start"]["timeZone"] = "Mars Standard Time"
     with pytest.raises(UnknownTimeZone):
-        event_from_graph(payload)
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [{"type": "seriesMaster"}, {"type": "occurrence"}, {"type": "exception"},
-     {"recurrence": {"pattern": {"type": "daily", "interval": 1}, "range": {"type": "noEnd"}}}],
-)
-def test_recurring_graph_events_are_unsupported_for_now(fields: dict[str, Any]) -> None:
-    payload = base_payload() | fields
-    with pytest.raises(UnsupportedEvent, match="recurring"):
         event_from_graph(payload)
 
 

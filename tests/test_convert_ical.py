@@ -274,13 +274,16 @@ def test_write_keeps_what_the_model_does_not_own() -> None:
         show_as=ShowAs.BUSY,
         sensitivity=event.sensitivity,
         reminder_minutes=10,
+        organizer=event.organizer,
+        attendees=event.attendees,
     )
     text = event_to_ical(changed, previous=OUTLOOK)
     assert_well_formed(text)
     unfolded = re.sub(r"\r\n[ \t]", "", text)
     for kept in (
-        "ORGANIZER;CN=Organizer:mailto:org@example.com",
-        "ATTENDEE;CN=Guest;ROLE=REQ-PARTICIPANT:mailto:guest@example.com",
+        # The model owns ORGANIZER/ATTENDEE now: kept, with SCHEDULE-AGENT=CLIENT (RFC 6638 7.1).
+        "ORGANIZER;CN=Organizer;SCHEDULE-AGENT=CLIENT:mailto:org@example.com",
+        "ATTENDEE;CN=Guest;ROLE=REQ-PARTICIPANT;SCHEDULE-AGENT=CLIENT:mailto:guest@example.com",
         "URL:https://example.com/meeting",
         "X-MICROSOFT-CDO-IMPORTANCE:1",
         "PRIORITY:5",
@@ -545,12 +548,18 @@ def test_broken_resources_raise_invalid_icalendar_without_content(data: str | by
     assert info.value.__cause__ is None or SECRET not in str(info.value.__cause__)
 
 
+def test_recurring_events_are_read_as_series() -> None:
+    # Recurrence is synced now (tests/test_convert_ical_series.py has the details).
+    event = event_from_ical(wrap(*vevent("DTSTART:20240301T100000Z", "RRULE:FREQ=WEEKLY")))
+    assert event.recurrence is not None and event.recurrence.rule.startswith("FREQ=WEEKLY")
+
+
 @pytest.mark.parametrize(
-    "lines",
-    [["RRULE:FREQ=WEEKLY"], ["RDATE:20240308T100000Z"], ["RECURRENCE-ID:20240301T100000Z"]],
+    ("lines", "reason"),
+    [(["RECURRENCE-ID:20240301T100000Z"], "without their series master")],
 )
-def test_recurring_events_are_unsupported_for_now(lines: list[str]) -> None:
-    with pytest.raises(UnsupportedEvent, match="recurring"):
+def test_recurrence_parts_without_a_series_are_unsupported(lines: list[str], reason: str) -> None:
+    with pytest.raises(UnsupportedEvent, match=reason):
         event_from_ical(wrap(*vevent("DTSTART:20240301T100000Z", *lines)))
 
 

@@ -38,7 +38,6 @@ from sync_core.sides.graph_http import (
     parse_retry_after,
 )
 from sync_core.sides.graph_side import (
-    RECURRING_NOT_SYNCED,
     GraphCalendar,
     check_mailbox,
     list_calendars,
@@ -416,9 +415,9 @@ def test_unreadable_cursor_means_a_full_listing(client: GraphClient, outlook: Ou
     assert [item.id for item in batch.changed] == [event["id"]]
 
 
-def test_recurring_items_are_quarantined_not_dropped(client: GraphClient, outlook: Outlook, upn: str) -> None:
+def test_a_series_is_read_as_one_item(client: GraphClient, outlook: Outlook, upn: str) -> None:
     start = in_window(1)
-    outlook.create(
+    master = outlook.create(
         "weekly",
         start,
         recurrence={
@@ -427,8 +426,9 @@ def test_recurring_items_are_quarantined_not_dropped(client: GraphClient, outloo
         },
     )
     batch = calendar(client, upn).changes(None, {})
-    assert batch.changed
-    assert all(item.event is None and item.error == RECURRING_NOT_SYNCED for item in batch.changed)
+    (item,) = batch.changed
+    assert item.id == master["id"] and item.error is None and item.event is not None
+    assert item.event.recurrence is not None and "COUNT=3" in item.event.recurrence.rule
 
 
 # --- throttling ---------------------------------------------------------------------------

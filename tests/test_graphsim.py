@@ -441,9 +441,9 @@ def test_recurring_events_are_stored_as_series_masters(g: Graph) -> None:
         f"/users/{UPN}/events", event_body("x", recurrence={"pattern": {"type": "weekly"}, "range": rec["range"]})
     )
     assert bad.status_code == 400
-    # not expanded yet: a later window still lists the master itself
+    # calendarView lists occurrences, never the master (tests/test_graphsim_recurrence.py has more)
     later = g.get(f"/users/{UPN}/calendarView?startDateTime=2027-03-01T00:00:00Z&endDateTime=2027-03-08T00:00:00Z")
-    assert [e["id"] for e in later.json()["value"]] == [master["id"]]
+    assert [(e["type"], e["seriesMasterId"]) for e in later.json()["value"]] == [("occurrence", master["id"])]
 
 
 # --- calendarView and delta ----------------------------------------------------------------------------

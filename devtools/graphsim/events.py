@@ -13,7 +13,10 @@ dateTimeTimeZone, location, singleValueLegacyExtendedProperty; see README.md for
 * ``location`` and ``locations`` "always correspond": writing one rewrites the other.
 * A text body is returned as HTML (Exchange converts it) unless
   ``Prefer: outlook.body-content-type="text"``; ``bodyPreview`` is the first 255 text characters.
-* An event with ``recurrence`` is a ``seriesMaster`` (occurrences are not expanded yet).
+* An event with ``recurrence`` is a ``seriesMaster``. If its start is not on the pattern, the
+  start (and end, duration kept) moves to the first occurrence on or after it, and
+  ``range.startDate`` becomes that date; ``recurrenceTimeZone`` is the start's zone (Windows id).
+  Its occurrences and exceptions are in ``series.py``, the date arithmetic in ``recurrence.py``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import html
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any, Protocol
 from urllib.parse import quote
 
+from devtools.graphsim import recurrence as rec_dates
 from devtools.graphsim import timezones as tz
 from devtools.graphsim.odata import GraphError, bad_request, normalize_extended_property_id
-from devtools.graphsim.store import StoredEvent, User
+from devtools.graphsim.store import User
 
 #: Properties a client may set (POST/PATCH). Other declared properties are read-only: ignored.
 WRITABLE = frozenset(
@@ -67,6 +71,7 @@ EVENT_PROPERTY_ORDER = (
     "transactionId",
     "originalStartTimeZone",
     "originalEndTimeZone",
+    "originalStart",  # instances of a series only
     "iCalUId",
     "reminderMinutesBeforeStart",
     "isReminderOn",
@@ -141,32 +146,36 @@ def _parse_when(value: Any, name: str) -> When:
     return When(local, zone_name)
 
 
-def event_span(fields: Mapping[str, Any]) -> tuple[datetime, datetime]:
-    """UTC instants the event occupies (for calendarView/delta windows).
-
-    A series master is not expanded yet: it spans from its first start to the end of its
-    recurrence range (open-ended for ``noEnd`` and, approximately, ``numbered``)."""
-    start: When = fields["start"]
-    end: When = fields["end"]
-    s, e = start.utc, end.utc
-    rec = fields.get("recurrence")
-    if rec:
-        rng = rec["range"]
-        if rng["type"] == "endDate":
-            last = datetime.fromisoformat(rng["endDate"]) + timedelta(days=1)
-            e = max(e, tz.to_utc(last, start.zone) + (e - s))
-        else:
-            e = datetime.max.replace(tzinfo=UTC)
-    return s, e
-
-
-def overlaps(fields: Mapping[str, Any], window_start: datetime, window_end: datetime) -> bool:
-    """calendarView semantics: the event intersects [start, end); zero-length events count at
-    their start."""
-    s, e = event_span(fields)
+def span_overlaps(s: datetime, e: datetime, window_start: datetime, window_end: datetime) -> bool:
+    """calendarView semantics: [s, e) intersects the window; zero-length events count at their start."""
     if s == e:
         return window_start <= s < window_end
     return s < window_end and e > window_start
+
+
+def overlaps(fields: Mapping[str, Any], window_start: datetime, window_end: datetime) -> bool:
+    """Whether one event (a single instance, an occurrence or an exception) is in the window.
+
+    A series master is never "in" a window itself: its instances are (series.py)."""
+    return span_overlaps(fields["start"].utc, fields["end"].utc, window_start, window_end)
+
+
+def series_zone(fields: Mapping[str, Any]) -> tuple[str, tzinfo]:
+    """The zone whose wall clock a series follows: ``recurrenceTimeZone`` (else the start's zone);
+    an all-day series follows its start's zone (all-day events are dates)."""
+    start: When = fields["start"]
+    name = start.tz_name
+    rec = fields.get("recurrence")
+    if rec and not fields["isAllDay"]:
+        name = rec["range"].get("recurrenceTimeZone") or name
+    return name, tz.resolve_zone(name)
+
+
+def series_day(fields: Mapping[str, Any], when: When) -> date:
+    """The local date of ``when`` in the series' zone (``fields`` are the master's)."""
+    if fields["isAllDay"]:
+        return when.local.date()
+    return tz.from_utc(when.utc, series_zone(fields)[1]).date()
 
 
 # -- writes -------------------------------------------------------------------------------------
@@ -256,7 +265,37 @@ def apply_write(current: Mapping[str, Any] | None, payload: Mapping[str, Any]) -
         fields["recurrence"] = _copy(fields["recurrence"])
         fields["recurrence"]["range"]["recurrenceTimeZone"] = tz.windows_id(fields["start"].tz_name)
     _check_times(fields)
+    if fields.get("recurrence"):
+        _move_to_first_occurrence(fields)
     return fields
+
+
+def _move_to_first_occurrence(fields: dict[str, Any]) -> None:
+    """A series starts on its first occurrence: move start/end there (duration kept) when the
+    start is not on the pattern, and set ``range.startDate`` to that date.
+
+    The start's local date (series zone) is where the pattern is anchored: weeks, months and
+    years are counted from it. A ``range.startDate`` that disagrees with it is replaced."""
+    rec = _copy(fields["recurrence"])
+    fields["recurrence"] = rec
+    start: When = fields["start"]
+    end: When = fields["end"]
+    anchor = series_day(fields, start)
+    first = rec_dates.first_date(rec, anchor)
+    if first is None:
+        raise validation_failure("The recurrence range ends before the first occurrence of the pattern.")
+    rec["range"]["startDate"] = first.isoformat()
+    shift = first - anchor
+    if not shift:
+        return
+    if fields["isAllDay"]:
+        fields["start"] = When(start.local + shift, start.tz_name)
+        fields["end"] = When(end.local + shift, end.tz_name)
+        return
+    zone = series_zone(fields)[1]
+    new_start = tz.to_utc(tz.from_utc(start.utc, zone) + shift, zone)
+    fields["start"] = When(tz.from_utc(new_start, start.zone), start.tz_name)
+    fields["end"] = When(tz.from_utc(new_start + (end.utc - start.utc), end.zone), end.tz_name)
 
 
 def _check_times(fields: Mapping[str, Any]) -> None:
@@ -327,13 +366,17 @@ def _recurrence(rec: Mapping[str, Any], start: When) -> dict[str, Any]:
     for need in _NEEDS[ptype]:
         if not pattern.get(need):
             raise validation_failure(f"recurrence.pattern.{need} is required for a {ptype} pattern.")
-    interval = pattern.get("interval") or 1
+    interval = pattern.get("interval")
+    if interval is None:
+        interval = 1
     if interval < 1:
         raise validation_failure("recurrence.pattern.interval must be at least 1.")
     if pattern.get("dayOfMonth") and not 1 <= pattern["dayOfMonth"] <= 31:
         raise validation_failure("recurrence.pattern.dayOfMonth must be 1..31.")
     if pattern.get("month") and not 1 <= pattern["month"] <= 12:
         raise validation_failure("recurrence.pattern.month must be 1..12.")
+    if (pattern.get("index") or "first") not in rec_dates.WEEK_INDEX:
+        raise validation_failure("recurrence.pattern.index must be first, second, third, fourth or last.")
     rtype = rng.get("type")
     if rtype not in ("endDate", "noEnd", "numbered"):
         raise validation_failure("recurrence.range.type is required.")
@@ -357,7 +400,7 @@ def _recurrence(rec: Mapping[str, Any], start: When) -> dict[str, Any]:
             "interval": interval,
             "month": pattern.get("month") or 0,
             "dayOfMonth": pattern.get("dayOfMonth") or 0,
-            "daysOfWeek": list(pattern.get("daysOfWeek") or []),
+            "daysOfWeek": list(dict.fromkeys(pattern.get("daysOfWeek") or [])),
             "firstDayOfWeek": pattern.get("firstDayOfWeek") or "sunday",
             "index": pattern.get("index") or "first",
         },
@@ -398,14 +441,50 @@ class RenderOptions:
     select: tuple[str, ...] | None = None
     expand_extended: tuple[str, ...] | None = None  # canonical ids
     odata_type: bool = False  # delta items carry "@odata.type"
+    expand_exceptions: bool = False  # $expand=exceptionOccurrences (series masters)
+
+
+class EventLike(Protocol):
+    """What rendering needs: a stored event (single instance or series master) or an instance
+    of a series (``series.Instance``: an occurrence or an exception)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def created(self) -> datetime: ...
+    @property
+    def modified(self) -> datetime: ...
+    @property
+    def change_key(self) -> str: ...
+    @property
+    def ical_uid(self) -> str: ...
+    @property
+    def transaction_id(self) -> str | None: ...
+    @property
+    def fields(self) -> dict[str, Any]: ...
+    @property
+    def extended(self) -> dict[str, tuple[str, str]]: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def series_master_id(self) -> str | None: ...
+    @property
+    def original_start(self) -> datetime | None: ...
+    @property
+    def cancelled_occurrences(self) -> list[str]: ...
 
 
 def web_link(event_id: str) -> str:
     return f"https://outlook.office365.com/owa/?itemid={quote(event_id, safe='')}&exvsurl=1&path=/calendar/item"
 
 
-def render_event(ev: StoredEvent, user: User, opts: RenderOptions) -> dict[str, Any]:
-    """The Graph v1.0 JSON of one event (without ``@odata.context``)."""
+def render_event(ev: EventLike, user: User, opts: RenderOptions) -> dict[str, Any]:
+    """The Graph v1.0 JSON of one event (without ``@odata.context``).
+
+    Instances of a series also carry ``originalStart`` (UTC, ``Z``), ``seriesMasterId`` and
+    ``type`` ``occurrence``/``exception``; a master lists its ``cancelledOccurrences``."""
     f = ev.fields
     body_type, content = _render_body(f["body"], opts.body_type)
     full: dict[str, Any] = {
@@ -417,6 +496,10 @@ def render_event(ev: StoredEvent, user: User, opts: RenderOptions) -> dict[str, 
         "transactionId": ev.transaction_id,
         "originalStartTimeZone": tz.windows_id(f["start"].tz_name),
         "originalEndTimeZone": tz.windows_id(f["end"].tz_name),
+    }
+    if ev.original_start is not None:
+        full["originalStart"] = format_original_start(ev.original_start)
+    full |= {
         "iCalUId": ev.ical_uid,
         "reminderMinutesBeforeStart": f["reminderMinutesBeforeStart"],
         "isReminderOn": f["isReminderOn"],
@@ -429,9 +512,9 @@ def render_event(ev: StoredEvent, user: User, opts: RenderOptions) -> dict[str, 
         "isCancelled": False,
         "isOrganizer": True,
         "responseRequested": f["responseRequested"],
-        "seriesMasterId": None,
+        "seriesMasterId": ev.series_master_id,
         "showAs": f["showAs"],
-        "type": "seriesMaster" if f.get("recurrence") else "singleInstance",
+        "type": ev.event_type,
         "webLink": web_link(ev.id),
         "onlineMeetingUrl": None,
         "isOnlineMeeting": f["isOnlineMeeting"],
@@ -439,7 +522,7 @@ def render_event(ev: StoredEvent, user: User, opts: RenderOptions) -> dict[str, 
         "allowNewTimeProposals": f["allowNewTimeProposals"],
         "isDraft": False,
         "hideAttendees": f["hideAttendees"],
-        "cancelledOccurrences": [],
+        "cancelledOccurrences": ev.cancelled_occurrences,
         "responseStatus": {"response": "organizer", "time": NEVER_RESPONSE_TIME},
         "body": {"contentType": body_type, "content": content},
         "start": _render_when(f["start"], f["isAllDay"], opts),
@@ -473,12 +556,38 @@ def render_event(ev: StoredEvent, user: User, opts: RenderOptions) -> dict[str, 
     return out
 
 
+def render_thin(ev: EventLike, opts: RenderOptions) -> dict[str, Any]:
+    """An occurrence as calendarView delta lists it: "Occurrences are thin (id, type,
+    seriesMasterId, start, end, etag): read the master for the rest" (PLATFORM-NOTES)."""
+    f = ev.fields
+    out: dict[str, Any] = {}
+    if opts.odata_type:
+        out["@odata.type"] = "#microsoft.graph.event"
+    out |= {
+        "@odata.etag": etag(ev),
+        "id": ev.id,
+        "type": ev.event_type,
+        "seriesMasterId": ev.series_master_id,
+        "start": _render_when(f["start"], f["isAllDay"], opts),
+        "end": _render_when(f["end"], f["isAllDay"], opts),
+    }
+    return out
+
+
+def format_original_start(instant: datetime) -> str:
+    """``originalStart`` as Graph shows it: UTC with ``Z`` and no fraction (event-list-instances)."""
+    utc = instant.astimezone(UTC)
+    if utc.microsecond:
+        return tz.format_timestamp(utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def removed_item(event_id: str) -> dict[str, Any]:
     """A delta entry for an item that left the view (delta query: ``@removed``)."""
     return {"@odata.type": "#microsoft.graph.event", "id": event_id, "@removed": {"reason": "deleted"}}
 
 
-def etag(ev: StoredEvent) -> str:
+def etag(ev: EventLike) -> str:
     return f'W/"{ev.change_key}"'
 
 

@@ -83,6 +83,27 @@ _EXPAND_EXT = re.compile(
 _ID_EQ = re.compile(r"^\s*id\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
 
 
+def split_expand(value: str) -> list[str]:
+    """The comma-separated items of ``$expand`` (commas inside parentheses or quotes don't split)."""
+    items: list[str] = []
+    depth, quoted = 0, False
+    current: list[str] = []
+    for ch in value:
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and ch == ",":
+            items.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    items.append("".join(current).strip())
+    return [item for item in items if item]
+
+
 def parse_expand_extended(value: str | None) -> list[str] | None:
     """Extended property ids named by ``$expand=singleValueExtendedProperties($filter=id eq '...')``.
 

@@ -1,6 +1,6 @@
 """Graph v1.0 routes: a table of (method, path pattern, handler) and the handlers.
 
-Adding an endpoint (subscriptions, ``$batch``, ``/instances`` come later) means adding a
+Adding an endpoint (subscriptions and ``$batch`` come later) means adding a
 :class:`Route` to :data:`ROUTES` and a method to :class:`GraphService`.
 
 Paths are matched segment by segment, literals case-insensitively (Graph's are), after
@@ -19,13 +19,14 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any, cast
 from urllib.parse import quote
 
 from devtools.graphsim import events as ev_model
+from devtools.graphsim import series
 from devtools.graphsim import timezones as tz
 from devtools.graphsim.auth import AccessToken
 from devtools.graphsim.csdl import Schema, load_schema
@@ -37,6 +38,7 @@ from devtools.graphsim.odata import (
     normalize_extended_property_id,
     parse_expand_extended,
     parse_select,
+    split_expand,
 )
 from devtools.graphsim.store import Calendar, CalendarExists, Store, StoredEvent, User
 
@@ -112,6 +114,7 @@ def _build_routes() -> tuple[Route, ...]:
             Route("GET", (*base, "events", "{eid}"), "get_event"),
             Route("PATCH", (*base, "events", "{eid}"), "update_event"),
             Route("DELETE", (*base, "events", "{eid}"), "delete_event"),
+            Route("GET", (*base, "events", "{eid}", "instances"), "list_instances"),
             Route("GET", (*base, "calendarView"), "calendar_view"),
             Route("GET", (*base, "calendarView", "delta"), "delta"),
         ]
@@ -251,6 +254,8 @@ _FILTERABLE = frozenset(
     }
 )
 _NO_DELTA_OPTIONS = ("$select", "$filter", "$expand", "$orderby", "$search", "$top")
+#: What lists, views and renders handle: a stored event or an instance of a series.
+Item = StoredEvent | series.Instance
 
 
 class GraphService:
@@ -293,18 +298,37 @@ class GraphService:
             raise _not_found()
         return cal
 
-    def _event(self, user: User, params: Mapping[str, str], req: Request) -> tuple[Calendar, StoredEvent]:
-        """The addressed event. ``/users/{u}/events/{id}`` finds it in any calendar of the mailbox;
-        ``/calendar/events/{id}`` and ``/calendars/{cid}/events/{id}`` only in that calendar."""
-        eid = params["eid"]
-        _check_id(eid)
-        ev = self.store.get_event(eid)
-        if ev is None or ev.user_id != user.id:
-            raise _not_found()
+    def _in_scope(self, user: User, params: Mapping[str, str], req: Request, ev: StoredEvent) -> Calendar:
+        """The event's calendar; 404 when the path names another calendar."""
         scoped = "cid" in params or (len(req.segments) > 2 and req.segments[2].lower() == "calendar")
         if scoped and ev.calendar_id != self._calendar(user, params).id:
             raise _not_found()
-        return user.calendars[ev.calendar_id], ev
+        return user.calendars[ev.calendar_id]
+
+    def _target(
+        self, user: User, params: Mapping[str, str], req: Request
+    ) -> tuple[Calendar, StoredEvent, series.Instance | None]:
+        """The addressed event as ``(calendar, stored event, instance)``: a single instance or
+        series master (instance None), or an occurrence/exception of a series (the stored event
+        is its master). ``/users/{u}/events/{id}`` finds it in any calendar of the mailbox;
+        ``/calendar/events/{id}`` and ``/calendars/{cid}/events/{id}`` only in that calendar.
+        A cancelled occurrence is 404."""
+        eid = params["eid"]
+        _check_id(eid)
+        ev = self.store.get_event(eid)
+        if ev is not None:
+            if ev.user_id != user.id:
+                raise _not_found()
+            return self._in_scope(user, params, req, ev), ev, None
+        parsed = series.parse_instance_id(eid)
+        master = self.store.get_event(parsed[0]) if parsed else None
+        if parsed is None or master is None or master.user_id != user.id:
+            raise _not_found()
+        cal = self._in_scope(user, params, req, master)
+        inst = series.find_instance(master, parsed[1])
+        if inst is None:
+            raise _not_found()
+        return cal, master, inst
 
     @staticmethod
     def _collection_path(params: Mapping[str, str], req: Request, leaf: str) -> str:
@@ -343,11 +367,43 @@ class GraphService:
                         )
                 select = tuple(names)
         expand = None
-        if not odata_type:
-            ids = parse_expand_extended(req.q("$expand"))
-            if ids is not None:
-                expand = tuple(normalize_extended_property_id(i) or i for i in ids)
-        return ev_model.RenderOptions(zone_name, zone, body_type, select, expand, odata_type)
+        expand_exceptions = False
+        raw_expand = req.q("$expand")
+        if not odata_type and raw_expand is not None:
+            for item in split_expand(raw_expand) or [raw_expand]:
+                if item.lower() == "exceptionoccurrences":
+                    expand_exceptions = True
+                    continue
+                ids = parse_expand_extended(item) or []
+                expand = (*(expand or ()), *(normalize_extended_property_id(i) or i for i in ids))
+        return ev_model.RenderOptions(zone_name, zone, body_type, select, expand, odata_type, expand_exceptions)
+
+    def _render(self, item: ev_model.EventLike, user: User, opts: ev_model.RenderOptions) -> dict[str, Any]:
+        """An event's JSON; a series master with ``$expand=exceptionOccurrences`` lists its
+        exceptions (the navigation property the CSDL declares on event)."""
+        out = ev_model.render_event(item, user, opts)
+        if opts.expand_exceptions and isinstance(item, StoredEvent) and item.event_type == "seriesMaster":
+            plain = replace(opts, expand_exceptions=False)
+            out["exceptionOccurrences"] = [ev_model.render_event(x, user, plain) for x in series.exceptions(item)]
+        return out
+
+    @staticmethod
+    def _view_entries(
+        ev: StoredEvent, user: User, opts: ev_model.RenderOptions, ws: datetime, we: datetime
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """What a calendarView delta over [ws, we) lists for one stored event, as ``(id, json)``:
+        a single instance when it overlaps; for a series with instances in the window, the
+        master (full), its occurrences (thin) and its exceptions (full), by start."""
+        if not ev.fields.get("recurrence"):
+            return [(ev.id, ev_model.render_event(ev, user, opts))] if ev_model.overlaps(ev.fields, ws, we) else []
+        instances = series.window_instances(ev, ws, we)
+        if not instances:
+            return []
+        out = [(ev.id, ev_model.render_event(ev, user, opts))]
+        for inst in instances:
+            body = ev_model.render_event(inst, user, opts) if inst.is_exception else ev_model.render_thin(inst, opts)
+            out.append((inst.id, body))
+        return out
 
     @staticmethod
     def _id_preference(req: Request, applied: list[str]) -> None:
@@ -386,7 +442,7 @@ class GraphService:
                 msg = f"Invalid value at {first.path}: {first.message}"
             raise bad_request("RequestBodyRead", msg)
 
-    def _record_invitation(self, user: User, ev: StoredEvent, action: str) -> None:
+    def _record_invitation(self, user: User, ev: ev_model.EventLike, action: str) -> None:
         """Exchange sends meeting requests/updates/cancellations for organizer events with
         attendees; the sync must never cause one, so every such write is recorded here."""
         if not ev.fields["attendees"]:
@@ -403,7 +459,7 @@ class GraphService:
         )
 
     @staticmethod
-    def _check_if_match(req: Request, ev: StoredEvent) -> None:
+    def _check_if_match(req: Request, ev: ev_model.EventLike) -> None:
         want = req.headers.get("If-Match")
         if want is None or want.strip() == "*":
             return
@@ -527,10 +583,10 @@ class GraphService:
         qs = "&".join(f"{k}={quote(v, safe=chr(39) + '(),:/@{}$')}" for k, v in query.items())
         return f"{req.graph_url}/{'/'.join(quote(s, safe='@') for s in req.segments)}?{qs}"
 
-    def _filter(self, req: Request, items: list[StoredEvent], user: User) -> list[StoredEvent]:
+    def _filter(self, req: Request, items: Sequence[Item], user: User) -> list[Item]:
         expr = req.q("$filter")
         if not expr:
-            return items
+            return list(items)
         pred = FilterParser(expr, lambda p: p in _FILTERABLE, EVENT_TYPE).parse()
         plain = ev_model.RenderOptions()
         out = []
@@ -554,7 +610,7 @@ class GraphService:
         return out
 
     @staticmethod
-    def _order(req: Request, items: list[StoredEvent]) -> list[StoredEvent]:
+    def _order(req: Request, items: list[Item]) -> list[Item]:
         spec = req.q("$orderby")
         if not spec:
             return items
@@ -574,7 +630,7 @@ class GraphService:
         req: Request,
         params: dict[str, str],
         user: User,
-        items: list[StoredEvent],
+        items: Sequence[Item],
         leaf: str,
     ) -> Response:
         applied: list[str] = []
@@ -584,7 +640,7 @@ class GraphService:
         page = items[skip : skip + top]
         body: dict[str, Any] = {
             "@odata.context": self._context(req, self._collection_path(params, req, leaf), opts.select),
-            "value": [ev_model.render_event(e, user, opts) for e in page],
+            "value": [self._render(e, user, opts) for e in page],
         }
         if skip + top < len(items):
             body["@odata.nextLink"] = self._next_link(req, skip + top)
@@ -592,23 +648,30 @@ class GraphService:
 
     def list_events(self, req: Request, params: dict[str, str]) -> Response:
         """GET .../events: paged by ``$top`` (default 10) with ``$skip`` nextLinks; ``$select``,
-        ``$filter`` (incl. ``singleValueExtendedProperties/Any(...)``), ``$expand``, ``$orderby``."""
+        ``$filter`` (incl. ``singleValueExtendedProperties/Any(...)``), ``$expand``, ``$orderby``.
+
+        Single instances and series masters only ("The list contains single instance meetings
+        and series masters", event resource)."""
         user = self._user(params["u"])
         cal = self._calendar(user, params)
-        items = self._order(req, self._filter(req, self.store.live_events(cal), user))
+        items: list[Item] = list(self.store.live_events(cal))
+        items = self._order(req, self._filter(req, items, user))
         return self._event_page(req, params, user, items, "events")
 
     def get_event(self, req: Request, params: dict[str, str]) -> Response:
+        """GET .../events/{id}: a single instance, a series master (``$expand=exceptionOccurrences``
+        lists its exceptions), an occurrence or an exception (404 once cancelled)."""
         user = self._user(params["u"])
-        _, ev = self._event(user, params, req)
+        _, ev, inst = self._target(user, params, req)
+        item: Item = inst if inst is not None else ev
         applied: list[str] = []
         opts = self._render_options(req, applied)
         self._id_preference(req, applied)
         body = {
             "@odata.context": self._context(req, self._collection_path(params, req, "events/$entity"), opts.select),
-            **ev_model.render_event(ev, user, opts),
+            **self._render(item, user, opts),
         }
-        return Response(200, body, self._headers(applied, {"ETag": ev_model.etag(ev)}))
+        return Response(200, body, self._headers(applied, {"ETag": ev_model.etag(item)}))
 
     def create_event(self, req: Request, params: dict[str, str]) -> Response:
         """POST .../events. A ``transactionId`` already used in this mailbox returns the event it
@@ -630,40 +693,104 @@ class GraphService:
                 self._record_invitation(user, ev, "create")
         return self._event_answer(req, params, user, ev, 201)
 
-    def _event_answer(self, req: Request, params: dict[str, str], user: User, ev: StoredEvent, status: int) -> Response:
+    def _event_answer(self, req: Request, params: dict[str, str], user: User, ev: Item, status: int) -> Response:
         applied: list[str] = []
         opts = self._render_options(req, applied)
         self._id_preference(req, applied)
         body = {
             "@odata.context": self._context(req, self._collection_path(params, req, "events/$entity")),
-            **ev_model.render_event(ev, user, opts),
+            **self._render(ev, user, opts),
         }
         return Response(status, body, self._headers(applied, {"ETag": ev_model.etag(ev)}))
 
     def update_event(self, req: Request, params: dict[str, str]) -> Response:
-        """PATCH .../events/{id}; ``If-Match`` with a stale etag answers 412 ErrorIrresolvableConflict."""
+        """PATCH .../events/{id}; ``If-Match`` with a stale etag answers 412 ErrorIrresolvableConflict.
+
+        * A series master: a different ``recurrence``, ``start`` or ``end`` drops every exception
+          and cancellation (the occurrences are those of the new pattern); other fields keep them.
+        * An occurrence becomes an exception with the written values (``recurrence``: 400); a new
+          start on or past the date of a neighbouring instance: 400 ErrorOccurrenceCrossingBoundary.
+          The master gets a new changeKey. An instance's etag is the master's.
+        """
         user = self._user(params["u"])
         payload = req.json()
         self._validate_body(payload, EVENT_TYPE)
         with self.store.lock:
-            cal, ev = self._event(user, params, req)
+            cal, ev, inst = self._target(user, params, req)
             self._require_edit(cal)
+            if inst is not None:
+                updated = self._update_instance(req, user, cal, ev, inst, payload)
+                return self._event_answer(req, params, user, updated, 200)
             self._check_if_match(req, ev)
-            fields = ev_model.apply_write(ev.fields, payload)
+            before = ev.fields
+            fields = ev_model.apply_write(before, payload)
             extended = ev_model.apply_extended(ev.extended, payload.get("singleValueExtendedProperties"))
-            self.store.update_event(cal, ev, fields, extended)
+            reset = bool(before.get("recurrence")) and any(
+                fields.get(k) != before.get(k) for k in ("recurrence", "start", "end")
+            )
+            self.store.update_event(cal, ev, fields, extended, reset_overrides=reset or not fields.get("recurrence"))
             self._record_invitation(user, ev, "update")
         return self._event_answer(req, params, user, ev, 200)
 
+    def _update_instance(
+        self,
+        req: Request,
+        user: User,
+        cal: Calendar,
+        master: StoredEvent,
+        inst: series.Instance,
+        payload: dict[str, Any],
+    ) -> series.Instance:
+        if payload.get("recurrence") is not None:
+            raise ev_model.validation_failure("recurrence can only be set on a series master or a single instance.")
+        self._check_if_match(req, inst)
+        fields = ev_model.apply_write(inst.fields, payload)
+        fields["recurrence"] = None
+        if fields["start"] != inst.fields["start"]:
+            series.check_move(master, inst.original, fields["start"])
+        extended = ev_model.apply_extended(inst.extended, payload.get("singleValueExtendedProperties"))
+        self.store.put_override(cal, master, inst.original, inst.day.isoformat(), fields, extended)
+        updated = series.find_instance(master, inst.original)
+        assert updated is not None
+        self._record_invitation(user, updated, "update")
+        return updated
+
     def delete_event(self, req: Request, params: dict[str, str]) -> Response:
+        """DELETE .../events/{id}: a master deletes the whole series; an occurrence or exception
+        is cancelled (listed in the master's ``cancelledOccurrences``; the master changes)."""
         user = self._user(params["u"])
         with self.store.lock:
-            cal, ev = self._event(user, params, req)
+            cal, ev, inst = self._target(user, params, req)
             self._require_edit(cal)
+            if inst is not None:
+                self._check_if_match(req, inst)
+                self.store.put_override(cal, ev, inst.original, inst.day.isoformat(), None, {})
+                self._record_invitation(user, inst, "cancel")
+                return Response(204)
             self._check_if_match(req, ev)
             self.store.delete_event(cal, ev)
             self._record_invitation(user, ev, "cancel")
         return Response(204)
+
+    def list_instances(self, req: Request, params: dict[str, str]) -> Response:
+        """GET .../events/{id}/instances?startDateTime&endDateTime (event-list-instances).
+
+        A series master: its occurrences and exceptions overlapping the window (full properties,
+        cancelled ones left out), exceptions first, then the occurrences by start (the order of
+        the documented example), paged like the event list. Another event: an empty collection
+        (the page only describes masters). Missing bounds: 400 ErrorInvalidParameter."""
+        user = self._user(params["u"])
+        ws, we = self._window(req)
+        with self.store.lock:
+            _, ev, inst = self._target(user, params, req)
+            items: list[Item] = []
+            if inst is None and ev.event_type == "seriesMaster":
+                found = series.window_instances(ev, ws, we)
+                items = [x for x in found if x.is_exception]
+                items += [x for x in found if not x.is_exception]
+            items = self._order(req, self._filter(req, items, user))
+        leaf = f"events('{quote(params['eid'], safe='')}')/instances"
+        return self._event_page(req, params, user, items, leaf)
 
     # -- calendarView -------------------------------------------------------------------------------
     @staticmethod
@@ -686,14 +813,20 @@ class GraphService:
         return ws, we
 
     def calendar_view(self, req: Request, params: dict[str, str]) -> Response:
-        """GET .../calendarView?startDateTime&endDateTime: events intersecting the window, by start.
-
-        Series masters are returned as such (occurrences are not expanded yet)."""
+        """GET .../calendarView?startDateTime&endDateTime: "the occurrences, exceptions, and single
+        instances of events" intersecting the window (list-calendarview), by start; series masters
+        are not listed themselves."""
         user = self._user(params["u"])
         cal = self._calendar(user, params)
         ws, we = self._window(req)
-        items = [e for e in self.store.live_events(cal) if ev_model.overlaps(e.fields, ws, we)]
-        items.sort(key=lambda e: (e.fields["start"].utc, e.seq))
+        items: list[Item] = []
+        with self.store.lock:
+            for e in self.store.live_events(cal):
+                if e.fields.get("recurrence"):
+                    items.extend(series.window_instances(e, ws, we))
+                elif ev_model.overlaps(e.fields, ws, we):
+                    items.append(e)
+        items.sort(key=lambda e: (e.fields["start"].utc, e.seq, e.original_start or e.fields["start"].utc))
         items = self._order(req, self._filter(req, items, user))
         return self._event_page(req, params, user, items, "calendarView")
 
@@ -703,12 +836,19 @@ class GraphService:
 
         * Round 1 (no token): every event in the window, ``Prefer: odata.maxpagesize`` per page,
           ``@odata.nextLink`` ($skiptoken) until the last page, which has ``@odata.deltaLink``.
+          A series with instances in the window is its master (full), its occurrences (thin:
+          id, type, seriesMasterId, start, end, etag) and its exceptions (full).
         * Following a deltaLink: events changed since, in full; deletions, and changed events
           outside the window (moved out, or created/updated there), as
-          ``{"@odata.type", "id", "@removed": {"reason": "deleted"}}``.
+          ``{"@odata.type", "id", "@removed": {"reason": "deleted"}}``. A changed series is its
+          master plus its instances in the window, and ``@removed`` for each instance the client
+          saw at its cursor that is gone (cancelled, regenerated, moved out, series deleted).
         * ``$select``, ``$filter``, ``$expand``, ``$orderby``, ``$search``, ``$top``: 400.
         * Retired tokens: 410 Gone ``SyncStateNotFound`` (optionally with a ``Location`` that
           starts a new round).
+
+        Page cursors are ``(a, i)``: the creation seq (round 1) or version (later rounds) of the
+        last event listed, and how many of its items were listed (a series spans pages).
         """
         user = self._user(params["u"])
         cal = self._calendar(user, params)
@@ -732,7 +872,7 @@ class GraphService:
                 if state.get("ph") != "d":
                     raise bad_request("ErrorInvalidParameter", "The $deltatoken value is not a delta token.")
                 # a new round: everything stamped after the saved cursor up to now
-                state = {**state, "ph": "c", "from": state["v"], "to": cal.version, "a": state["v"]}
+                state = {**state, "ph": "c", "from": state["v"], "to": cal.version, "a": state["v"], "i": 0}
         else:
             ws, we = self._window(req)
             state = {
@@ -743,6 +883,7 @@ class GraphService:
                 "ph": "i",
                 "v": cal.version,
                 "a": 0,
+                "i": 0,
             }
 
         applied: list[str] = []
@@ -770,36 +911,58 @@ class GraphService:
 
         ws = datetime.fromisoformat(state["ws"])
         we = datetime.fromisoformat(state["we"])
-        value: list[dict[str, Any]] = []
+        a, i = int(state["a"]), int(state.get("i", 0))
         with self.store.lock:
+            groups: Iterable[tuple[int, list[dict[str, Any]]]]
             if state["ph"] == "i":
-                items = [
-                    e for e in self.store.live_events(cal) if e.seq > state["a"] and ev_model.overlaps(e.fields, ws, we)
-                ]
-                page = items[:size]
-                value = [ev_model.render_event(e, user, opts) for e in page]
-                more = len(items) > size
-                next_state = {**state, "a": page[-1].seq} if more else {**state, "ph": "d"}
+                groups = (
+                    (e.seq, [body for _, body in self._view_entries(e, user, opts, ws, we)])
+                    for e in self.store.live_events(cal)
+                    if e.seq > a or (i and e.seq == a)
+                )
             else:
-                changes = self.store.changes(cal, state["a"], state["to"])
-                page_changes = changes[:size]
-                for _version, eid, e in page_changes:
-                    if e is not None and ev_model.overlaps(e.fields, ws, we):
-                        value.append(ev_model.render_event(e, user, opts))
-                    else:
-                        value.append(ev_model.removed_item(eid))
-                more = len(changes) > size
-                if more:
-                    next_state = {**state, "a": page_changes[-1][0]}
-                else:
-                    next_state = {k: v for k, v in state.items() if k not in ("from", "to", "a")}
-                    next_state.update(ph="d", v=state["to"], a=0)
-        if more:
+                changes = self.store.changes(cal, a - 1 if i else a, state["to"])
+                groups = (
+                    (version, self._changed_entries(cal, eid, e, user, opts, ws, we, int(state["from"])))
+                    for version, eid, e in changes
+                )
+            value, cursor = _take_page(groups, a, i, size)
+        if cursor is not None:
+            next_state = {**state, "a": cursor[0], "i": cursor[1]}
+        elif state["ph"] == "i":
+            next_state = {**state, "ph": "d", "a": 0, "i": 0}
+        else:
+            next_state = {k: v for k, v in state.items() if k not in ("from", "to")}
+            next_state.update(ph="d", v=state["to"], a=0, i=0)
+        if cursor is not None:
             body["@odata.nextLink"] = f"{link_base}?$skiptoken={self.delta_tokens.issue(next_state)}"
         else:
             body["@odata.deltaLink"] = f"{link_base}?$deltatoken={self.delta_tokens.issue(next_state)}"
         body["value"] = value
         return Response(200, body, self._headers(applied))
+
+    def _changed_entries(
+        self,
+        cal: Calendar,
+        eid: str,
+        ev: StoredEvent | None,
+        user: User,
+        opts: ev_model.RenderOptions,
+        ws: datetime,
+        we: datetime,
+        since: int,
+    ) -> list[dict[str, Any]]:
+        """The delta items for one event changed (or deleted) after version ``since``: what it
+        shows in the window now, then ``@removed`` for every id the client saw at ``since`` that
+        is not there any more. An event with nothing in the window is ``@removed`` itself (a
+        deletion, or a change outside the window)."""
+        now = self._view_entries(ev, user, opts, ws, we) if ev is not None else []
+        now_ids = {item_id for item_id, _ in now}
+        before = cal.state_at(eid, since)
+        gone = [x for x in series.window_ids(eid, before, ws, we) if x not in now_ids] if before else []
+        if not now and eid not in gone:
+            gone.insert(0, eid)
+        return [body for _, body in now] + [ev_model.removed_item(x) for x in gone]
 
     def _sync_state_gone(self, req: Request, state: dict[str, Any] | None) -> GraphError:
         headers: dict[str, str] = {}
@@ -817,6 +980,24 @@ class GraphService:
             "again.",
             headers,
         )
+
+
+def _take_page(
+    groups: Iterable[tuple[int, list[dict[str, Any]]]], a: int, i: int, size: int
+) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+    """Up to ``size`` items from ``groups`` (``(key, items)`` by ascending key), resuming after
+    cursor ``(a, i)``: group ``a`` from its ``i``-th item, then the groups after it. Returns the
+    page and the cursor to resume from, or None when nothing is left."""
+    page: list[dict[str, Any]] = []
+    last: tuple[int, int] | None = None
+    for key, items in groups:
+        first = i if key == a else 0
+        for idx in range(first, len(items)):
+            if len(page) == size:
+                return page, last
+            page.append(items[idx])
+            last = (key, idx + 1)
+    return page, None
 
 
 def _check_id(value: str) -> None:

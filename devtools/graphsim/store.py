@@ -3,6 +3,12 @@
 Every change to an event (create, update, delete) bumps its calendar's ``version`` counter and
 stamps the event (or its tombstone) with the new value. A delta state token only has to carry
 a version number: "what changed after version N" is every event or tombstone stamped above N.
+A change to one instance of a series (an exception written, an occurrence cancelled) is a
+change of its series master: the master is stamped, and gets a new ``changeKey``.
+
+Each calendar also keeps every event's past states (``history``: fields and instance overrides
+by version), so a delta round can tell which instances a client saw at its cursor and announce
+the ones that are gone (``@removed``).
 
 Identifiers imitate Exchange's: long base64 strings that are case-sensitive and contain ``-``
 and ``_`` (immutable ids, the form ``Prefer: IdType="ImmutableId"`` asks for); ``changeKey`` is a
@@ -17,10 +23,11 @@ import os
 import secrets
 import threading
 import uuid
+from bisect import bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -45,6 +52,42 @@ def new_ical_uid(created: datetime) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Override:
+    """One instance of a series that differs from the pattern: an exception or a cancellation.
+
+    ``original`` is the instance's original start (UTC); ``oid_date`` its local date in the
+    series' time zone (``yyyy-MM-dd``, for ``cancelledOccurrences``)."""
+
+    original: datetime
+    oid_date: str
+    fields: dict[str, Any] | None  # the exception's own field set; None = cancelled
+    extended: dict[str, tuple[str, str]]
+    version: int
+    modified: datetime
+
+    @property
+    def cancelled(self) -> bool:
+        return self.fields is None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def override_key(original: datetime) -> int:
+    """Key of an instance in ``StoredEvent.overrides``: its original start in UTC microseconds."""
+    return (original - _EPOCH) // _MICROSECOND
+
+
+@dataclass(frozen=True)
+class EventState:
+    """What an event looked like at one version (for delta: which instances were in a window)."""
+
+    fields: dict[str, Any]
+    overrides: dict[int, Override]
+
+
 @dataclass
 class StoredEvent:
     id: str
@@ -59,6 +102,29 @@ class StoredEvent:
     version: int
     transaction_id: str | None = None
     extended: dict[str, tuple[str, str]] = field(default_factory=dict)  # canonical id -> (id, value)
+    overrides: dict[int, Override] = field(default_factory=dict)  # series master: override_key -> Override
+
+    # -- the read-only event properties that differ between masters, singles and instances --
+    @property
+    def event_type(self) -> str:
+        return "seriesMaster" if self.fields.get("recurrence") else "singleInstance"
+
+    @property
+    def series_master_id(self) -> str | None:
+        return None
+
+    @property
+    def original_start(self) -> datetime | None:
+        return None
+
+    @property
+    def cancelled_occurrences(self) -> list[str]:
+        """``OID.{masterId}.{yyyy-MM-dd}`` of each cancelled occurrence, by original start."""
+        cancelled = sorted((o for o in self.overrides.values() if o.cancelled), key=lambda o: o.original)
+        return [f"OID.{self.id}.{o.oid_date}" for o in cancelled]
+
+    def state(self) -> EventState:
+        return EventState(self.fields, dict(self.overrides))
 
 
 @dataclass
@@ -73,6 +139,16 @@ class Calendar:
     version: int = 0
     events: dict[str, StoredEvent] = field(default_factory=dict)
     tombstones: dict[str, int] = field(default_factory=dict)  # deleted event id -> version
+    history: dict[str, list[tuple[int, EventState | None]]] = field(default_factory=dict)  # None = deleted
+
+    def remember(self, ev: StoredEvent, deleted: bool = False) -> None:
+        self.history.setdefault(ev.id, []).append((self.version, None if deleted else ev.state()))
+
+    def state_at(self, event_id: str, version: int) -> EventState | None:
+        """The event as it was at ``version`` (None: it did not exist then, or was deleted)."""
+        states = self.history.get(event_id, [])
+        pos = bisect_right([v for v, _ in states], version)
+        return states[pos - 1][1] if pos else None
 
 
 @dataclass
@@ -173,21 +249,58 @@ class Store:
             )
             cal.events[ev.id] = ev
             self._events[ev.id] = ev
+            cal.remember(ev)
             if transaction_id:
                 self._by_transaction[(cal.user_id, transaction_id)] = ev.id
             return ev
 
     def update_event(
-        self, cal: Calendar, ev: StoredEvent, fields: dict[str, Any], extended: dict[str, tuple[str, str]]
+        self,
+        cal: Calendar,
+        ev: StoredEvent,
+        fields: dict[str, Any],
+        extended: dict[str, tuple[str, str]],
+        *,
+        reset_overrides: bool = False,
     ) -> StoredEvent:
+        """Replace the event's fields; ``reset_overrides`` drops every exception and cancellation
+        (a series whose pattern, start or end changed)."""
         with self.lock:
             cal.version += 1
             ev.fields = fields
             ev.extended = dict(extended)
-            ev.modified = datetime.now(UTC)
-            ev.change_key = new_change_key()
-            ev.version = cal.version
+            if reset_overrides:
+                ev.overrides = {}
+            self._touch(cal, ev)
             return ev
+
+    def put_override(
+        self,
+        cal: Calendar,
+        master: StoredEvent,
+        original: datetime,
+        oid_date: str,
+        fields: dict[str, Any] | None,
+        extended: dict[str, tuple[str, str]],
+    ) -> Override:
+        """Write an exception (``fields``) or cancel (``fields=None``) one instance of a series.
+
+        The series master is what changes: it gets a new version, changeKey and
+        lastModifiedDateTime."""
+        with self.lock:
+            cal.version += 1
+            now = datetime.now(UTC)
+            override = Override(original, oid_date, fields, dict(extended), cal.version, now)
+            master.overrides = {**master.overrides, override_key(original): override}
+            self._touch(cal, master, now)
+            return override
+
+    @staticmethod
+    def _touch(cal: Calendar, ev: StoredEvent, now: datetime | None = None) -> None:
+        ev.modified = now or datetime.now(UTC)
+        ev.change_key = new_change_key()
+        ev.version = cal.version
+        cal.remember(ev)
 
     def delete_event(self, cal: Calendar, ev: StoredEvent) -> None:
         with self.lock:
@@ -195,6 +308,7 @@ class Store:
             cal.events.pop(ev.id, None)
             self._events.pop(ev.id, None)
             cal.tombstones[ev.id] = cal.version
+            cal.remember(ev, deleted=True)
             if ev.transaction_id:
                 self._by_transaction.pop((ev.user_id, ev.transaction_id), None)
 

@@ -30,6 +30,8 @@ class RemoteItem:
 
     ``event`` is ``None`` when the item could not be turned into the model; ``error`` then says
     why, and the item is quarantined instead of stopping the calendar.
+    ``notice`` is something the admin should know although the item syncs (for example a
+    series copied occurrence by occurrence); it is shown in the pairing's status.
     ``match_uids`` are the identities the item can be paired by on a first sync: the iCalendar
     UID for CalDAV; ``iCalUId`` and the UID we tagged it with (extended property) for Graph.
     """
@@ -39,6 +41,7 @@ class RemoteItem:
     event: Event | None
     match_uids: frozenset[str] = frozenset()
     error: str | None = None
+    notice: str | None = None
 
 
 @dataclass

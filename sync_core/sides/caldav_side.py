@@ -28,26 +28,38 @@ Server quirks handled here (PRODUCT.md traps 7-9):
 - a listing that is suddenly empty while the state links items raises
   :class:`~sync_core.errors.StorageEmptied`.
 
+Recurring series (docs/RECURRENCE.md): with a ``window``, a series is reported with only the
+exdates and overrides inside it, and a write keeps those outside it. A series the other side
+cannot hold (``expand_when`` gives a reason) is reported as one item per occurrence in the
+window, id ``<href>#<recurrence id>``; writing such an item edits that occurrence inside the
+resource (a RECURRENCE-ID override; deleting it adds an EXDATE). The items' etags are
+``<resource etag>#<content hash>``: the resource part tells the listing whether to re-read,
+the hash part is the occurrence's own precondition.
+
 Logging goes to ``davbridge.caldav`` and names methods, paths and status codes only: never
 bodies, passwords or event content.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
 
 from caldav.davclient import DAVClient
 from caldav.lib import error as caldav_error
 
-from sync_core.convert.ical import event_from_ical, event_to_ical, uid_of
+from sync_core.convert.graph_note import SERIES_EXTRA
+from sync_core.convert.ical import event_from_ical, event_to_ical, server_scheduled, uid_of
+from sync_core.convert.recurrence import expand, parse_recurrence_id_text, recurrence_id_text
 from sync_core.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -58,8 +70,9 @@ from sync_core.errors import (
     SideError,
     StorageEmptied,
     Throttled,
+    UnsupportedEvent,
 )
-from sync_core.model import Event
+from sync_core.model import Event, Occurrence, in_window, instant_text
 from sync_core.sides import caldav_xml as dx
 from sync_core.sides.base import ChangeBatch, RemoteItem, SideName, WriteResult
 
@@ -78,6 +91,53 @@ _CURSOR_VERSION: Final = 1
 # RFC 4791 5.3.2.1 CALDAV:no-uid-conflict; RFC 6638 3.2.4.x CALDAV:unique-scheduling-object-resource
 # (Cyrus: UIDs are unique per user, across calendars).
 _UID_CONFLICT: Final = frozenset({"no-uid-conflict", "unique-scheduling-object-resource"})
+#: A series expanding to more occurrences than this inside the window is quarantined.
+MAX_EXPANDED_OCCURRENCES: Final = 1000
+_OCCURRENCE_ID = re.compile(r"^(?P<href>.+)#(?P<rid>\d{8}(?:T\d{6}Z?)?)$")
+
+ExpandWhen = Callable[[Event], "str | None"]
+
+
+def split_occurrence_id(item_id: str) -> tuple[str, str | None]:
+    """(resource href, recurrence id text) of an expanded occurrence id; (id, None) otherwise."""
+    match = _OCCURRENCE_ID.match(item_id)
+    if match is None:
+        return item_id, None
+    return match.group("href"), match.group("rid")
+
+
+def _rid_value(text: str) -> datetime | date:
+    """The value of a recurrence id text (``YYYYMMDD``, ``...THHMMSS``, ``...THHMMSSZ``)."""
+    if "T" not in text:
+        return datetime.strptime(text, "%Y%m%d").date()
+    if text.endswith("Z"):
+        return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return datetime.strptime(text, "%Y%m%dT%H%M%S")
+
+
+def _window_key(window: tuple[datetime, datetime]) -> str:
+    return f"{window[0].astimezone(UTC):%Y%m%dT%H%M}-{window[1].astimezone(UTC):%Y%m%dT%H%M}"
+
+
+def _cursor_window(cursor: str | None) -> str | None:
+    try:
+        data = json.loads(cursor) if cursor else None
+    except ValueError:
+        return None
+    value = data.get("w") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _resource_etag(etag: str | None) -> str | None:
+    """The resource part of an item etag (an expanded occurrence's etag has a ``#hash``)."""
+    if etag is None:
+        return None
+    head, sep, tail = etag.rpartition("#")
+    return head if sep and re.fullmatch(r"[0-9a-f]{12}", tail) else etag
+
+
+def _occurrence_etag(resource_etag: str | None, event: Event) -> str:
+    return f"{resource_etag or ''}#{event.fingerprint()[:12]}"
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -368,6 +428,8 @@ class CalDAVCalendar:
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
         multiget_chunk: int = MULTIGET_CHUNK,
         max_sync_rounds: int = MAX_SYNC_ROUNDS,
+        window: tuple[datetime, datetime] | None = None,
+        expand_when: ExpandWhen | None = None,
     ) -> None:
         url = urljoin(str(client.url), calendar_url)
         if not url.endswith("/"):
@@ -378,6 +440,9 @@ class CalDAVCalendar:
         self.multiget_chunk = max(1, multiget_chunk)
         self.max_sync_rounds = max(1, max_sync_rounds)
         self._http = _Http(client)
+        self.window = window
+        self.expand_when = expand_when
+        self._auto_schedule: bool | None = None
         # Bodies of the last read, per id, so an update keeps other clients' properties without
         # a second GET (RFC 4791 5.3.2 replaces the whole resource).
         self._bodies: dict[str, _Found] = {}
@@ -434,8 +499,26 @@ class CalDAVCalendar:
         that a calendar-multiget confirms gone (404). Bodies are fetched only for ids whose
         etag differs from ``known``.
         """
-        spelled = {dx.normalize_href(k): k for k in known}
-        known_n = {dx.normalize_href(k): dx.normalize_etag(v) for k, v in known.items()}
+        batch = self._changes(cursor, known)
+        moved = self.window is not None and _cursor_window(cursor) != _window_key(self.window)
+        batch = self._settle_occurrences(batch, known, window_moved=moved)
+        if self.window is not None and batch.cursor:
+            data = json.loads(batch.cursor)
+            data["w"] = _window_key(self.window)
+            batch.cursor = json.dumps(data, separators=(",", ":"))
+        return batch
+
+    def _changes(self, cursor: str | None, known: Mapping[str, str | None]) -> ChangeBatch:
+        spelled: dict[str, str] = {}
+        known_n: dict[str, str | None] = {}
+        for k, v in known.items():
+            href, rid = split_occurrence_id(k)
+            canonical = dx.normalize_href(href)
+            if rid is None:
+                spelled[canonical] = k
+            else:
+                spelled.setdefault(canonical, href)
+            known_n[canonical] = dx.normalize_etag(_resource_etag(v))
         state = _Cursor.load(cursor)
         if state is None:
             if cursor:
@@ -455,6 +538,61 @@ class CalDAVCalendar:
         items = self._items(wanted, delta.changed, spelled)
         deleted = [spelled.get(i, i) for i in sorted(delta.deleted)]
         return ChangeBatch(changed=items, deleted=deleted, cursor=_Cursor("sync", delta.token).dump())
+
+    def _settle_occurrences(self, batch: ChangeBatch, known: Mapping[str, str | None], *,
+                            window_moved: bool) -> ChangeBatch:
+        """Translate resource-level results to the ids the caller holds (expanded series).
+
+        A deleted resource deletes every known occurrence of it; a re-read resource deletes
+        its known items that it no longer yields (an occurrence cancelled or no longer in the
+        rule, inside the window; a series that switched between expanded and whole). When the
+        window moved, expanded series are read again so new occurrences appear.
+        """
+        by_href: dict[str, list[str]] = {}
+        for k in known:
+            href, _ = split_occurrence_id(k)
+            by_href.setdefault(dx.normalize_href(href), []).append(k)
+        changed = list(batch.changed)
+        read_hrefs = {dx.normalize_href(split_occurrence_id(i.id)[0]) for i in changed}
+        stale = [
+            h for h, ids in by_href.items()
+            if h not in read_hrefs and any(split_occurrence_id(i)[1] for i in ids)
+        ]
+        if stale and window_moved:
+            extra = self._items(stale, {}, {h: h for h in stale})
+            changed.extend(item for item in extra if not self._unchanged(item, known))
+            read_hrefs.update(stale)
+        yielded = {i.id for i in changed}
+        deleted = set()
+        for item in batch.deleted:
+            deleted.update(by_href.get(dx.normalize_href(split_occurrence_id(item)[0]), [item]))
+        for href in read_hrefs:
+            for k in by_href.get(href, []):
+                _, rid = split_occurrence_id(k)
+                if k in yielded or k in deleted:
+                    continue
+                if rid is None and any(split_occurrence_id(i)[1] for i in yielded if dx.normalize_href(
+                        split_occurrence_id(i)[0]) == href):
+                    deleted.add(k)  # was one item, now expanded
+                elif rid is not None and self._occurrence_gone(href, rid, yielded):
+                    deleted.add(k)
+        batch.changed = changed
+        batch.deleted = sorted(deleted)
+        return batch
+
+    @staticmethod
+    def _unchanged(item: RemoteItem, known: Mapping[str, str | None]) -> bool:
+        return item.id in known and known[item.id] == item.etag
+
+    def _occurrence_gone(self, href: str, rid: str, yielded: set[str]) -> bool:
+        """A known occurrence the re-read resource did not yield: gone unless it merely left
+        the window (then it is kept, as any item leaving the window is)."""
+        if any(dx.normalize_href(split_occurrence_id(i)[0]) == href and split_occurrence_id(i)[1] == rid
+               for i in yielded):
+            return False
+        if self.window is None:
+            return True
+        return in_window(_rid_value(rid), *self.window)
 
     @staticmethod
     def _looks_like_restart(delta: _SyncDelta, known: Mapping[str, str | None]) -> bool:
@@ -591,7 +729,7 @@ class CalDAVCalendar:
                     # listed wrongly: it exists; report it only if it changed
                     listing[item] = result.etag
                     if result.etag is None or known.get(item) != result.etag:
-                        items.append(self._to_item(item, result, spelled))
+                        items.extend(self._to_items(item, result, spelled))
         wanted = [i for i, etag in listing.items() if i not in missing and (etag is None or known.get(i) != etag)]
         items = self._items(wanted, listing, spelled) + items
         cursor = _Cursor("sync", token) if token else _Cursor("etag")
@@ -666,7 +804,61 @@ class CalDAVCalendar:
             assert isinstance(result, _Found)
             if result.etag is None and etags.get(item) is not None:
                 result = _Found(etags.get(item), result.body)
-            out.append(self._to_item(item, result, spelled))
+            out.extend(self._to_items(item, result, spelled))
+        return out
+
+    def _to_items(self, item: str, found: _Found, spelled: Mapping[str, str]) -> list[RemoteItem]:
+        """The items one resource yields: itself, or its occurrences when expanded."""
+        single = self._to_item(item, found, spelled)
+        event = single.event
+        if event is None or event.recurrence is None:
+            return [single]
+        if self.window is None:
+            return [single]
+        reason = self.expand_when(event) if self.expand_when is not None else None
+        if reason is None:
+            return [replace(single, event=event.clipped(*self.window))]
+        return self._occurrences(single, event, reason)
+
+    def _occurrences(self, single: RemoteItem, series: Event, reason: str) -> list[RemoteItem]:
+        """One single-event item per occurrence inside the window (docs/RECURRENCE.md fallback)."""
+        assert series.recurrence is not None and self.window is not None
+        start, end = self.window
+        try:
+            starts = expand(
+                series.recurrence.rule, series.start, window_start=start, window_end=end,
+                duration=series.duration, rdates=series.recurrence.rdates, exdates=series.exdates,
+                limit=MAX_EXPANDED_OCCURRENCES,
+            )
+        except ValueError:
+            return [replace(single, event=None, error=(
+                f"{reason}; the series has more than {MAX_EXPANDED_OCCURRENCES} occurrences in the "
+                "sync window, too many to copy one by one"))]
+        modified = {instant_text(o.recurrence_id): o for o in series.overrides}
+        cancelled = {instant_text(value) for value in series.exdates}
+        rids = {instant_text(rid): rid for rid in starts}
+        for key, override in modified.items():
+            if in_window(override.recurrence_id, start, end):
+                rids.setdefault(key, override.recurrence_id)
+        resource_etag = single.etag
+        out: list[RemoteItem] = []
+        for key in sorted(rids):
+            rid = rids[key]
+            if key in cancelled:
+                continue
+            event = modified[key].event if key in modified else series.occurrence_at(rid)
+            text = recurrence_id_text(rid)
+            event = replace(
+                event, uid=f"{series.uid}#{text}", recurrence=None, exdates=(), overrides=(),
+                extra=((SERIES_EXTRA, reason),),
+            )
+            out.append(RemoteItem(
+                id=f"{single.id}#{text}",
+                etag=_occurrence_etag(resource_etag, event),
+                event=event,
+                match_uids=frozenset({event.uid or ""}),
+                notice=f"series expanded into single events: {reason}",
+            ))
         return out
 
     def _to_item(self, item: str, found: _Found, spelled: Mapping[str, str]) -> RemoteItem:
@@ -709,10 +901,14 @@ class CalDAVCalendar:
         Items that exist but cannot be read or converted come back with ``error`` (they are not
         missing). Each item carries the id in the caller's spelling.
         """
+        wanted = list(ids)
         spelled: dict[str, str] = {}
-        for i in ids:
-            spelled.setdefault(dx.normalize_href(i), i)
-        return self._items(list(spelled), {}, spelled)
+        for i in wanted:
+            href, rid = split_occurrence_id(i)
+            spelled.setdefault(dx.normalize_href(href), href if rid else i)
+        items = self._items(list(spelled), {}, spelled)
+        asked = set(wanted)
+        return [item for item in items if item.id in asked or split_occurrence_id(item.id)[1] is None]
 
     # -- Side: writes ---------------------------------------------------------------------------
 
@@ -731,7 +927,7 @@ class CalDAVCalendar:
         if not event.uid:
             # RFC 5545 3.8.4.7 UID is required; derived from the key so a retry writes the same.
             event = event.with_uid(f"{resource_name(idempotency_key)[:-4]}@davbridge")
-        body = event_to_ical(event)
+        body = event_to_ical(replace(event, extra=()))
         self._check_size(body, item)
         reply = self._send(
             "PUT",
@@ -757,6 +953,9 @@ class CalDAVCalendar:
         Without ``etag``, the PUT is conditional on the etag of the body it was built from, so
         a concurrent edit is never overwritten blindly.
         """
+        href, rid = split_occurrence_id(item_id)
+        if rid is not None:
+            return self._write_occurrence(item_id, href, rid, event, etag)
         item = dx.normalize_href(item_id)
         want = dx.normalize_etag(etag)
         current = self._bodies.get(item)
@@ -764,10 +963,12 @@ class CalDAVCalendar:
             current = self._fetch_current(item)
             if want is not None and current.etag is not None and current.etag != want:
                 raise PreconditionFailed(f"{item} changed since it was read (etag {current.etag} != {want})")
+        self._scheduling_guard(current.body, item)
         stored_uid = _uid(current.body)
         if stored_uid and event.uid != stored_uid:
             # RFC 4791 5.3.2.1 CALDAV:no-uid-conflict: a PUT must not change a resource's UID.
             event = event.with_uid(stored_uid)
+        event = self._with_outside(event, current.body)
         body = event_to_ical(event, previous=current.body)
         self._check_size(body, item)
         match = want or current.etag
@@ -784,13 +985,91 @@ class CalDAVCalendar:
         self._check_write(reply, item, "PUT")
         return self._written(item, reply, body, event, id_as=item_id)
 
+    def _scheduling_guard(self, body: str, item: str) -> None:
+        """Refuse to change or delete a meeting the CalDAV server schedules (RFC 6638 3.2):
+        on a server with ``calendar-auto-schedule`` (RFC 6638 2, DAV header of OPTIONS),
+        that would send invitations, updates, cancellations or replies (PRODUCT.md trap 6)."""
+        if not server_scheduled(body):
+            return
+        if self._auto_schedule is None:
+            reply = self._send("OPTIONS", self.url)
+            dav = ",".join(v for k, v in reply.headers.items() if k.lower() == "dav")
+            self._auto_schedule = "calendar-auto-schedule" in dav.lower()
+        if self._auto_schedule:
+            raise UnsupportedEvent(
+                f"{item}: meeting scheduled by the CalDAV server (ORGANIZER/ATTENDEE without "
+                "SCHEDULE-AGENT=CLIENT): changing or deleting it would send messages to its attendees"
+            )
+
+    def _with_outside(self, event: Event, previous_body: str) -> Event:
+        """Keep the stored series' exdates and overrides outside the window (docs/RECURRENCE.md)."""
+        if event.recurrence is None or self.window is None:
+            return event
+        try:
+            previous = event_from_ical(previous_body)
+        except ItemError:
+            return event
+        return event.with_outside(previous, *self.window)
+
+    def _write_occurrence(self, item_id: str, href: str, rid: str, event: Event | None,
+                          etag: str | None) -> WriteResult:
+        """Edit (``event``) or cancel (``None``) one occurrence of an expanded series: a
+        RECURRENCE-ID override or an EXDATE in the resource (RFC 5545 3.8.4.4, 3.8.5.1), PUT
+        with If-Match on the resource. ``etag``'s hash part must still match the occurrence."""
+        item = dx.normalize_href(href)
+        current = self._fetch_current(item)
+        self._scheduling_guard(current.body, item)
+        series = event_from_ical(current.body)
+        if series.recurrence is None:
+            raise NotFound(f"{item} no longer holds a series")
+        value = parse_recurrence_id_text(rid, like=series.start)
+        key = instant_text(value)
+        mine = [i for i in self._to_items(item, current, {item: href}) if i.id == item_id]
+        if etag is not None and mine and mine[0].etag is not None and etag.rpartition("#")[2] != (
+                mine[0].etag.rpartition("#")[2]):
+            raise PreconditionFailed(f"{item_id} changed since it was read")
+        overrides = tuple(o for o in series.overrides if instant_text(o.recurrence_id) != key)
+        exdates = tuple(d for d in series.exdates if instant_text(d) != key)
+        if event is None:
+            exdates += (value,)
+        else:
+            own = replace(event, uid=series.uid, recurrence=None, exdates=(), overrides=(), extra=())
+            overrides += (Occurrence(value, own),)
+        updated = series.with_series(exdates, overrides)
+        body = event_to_ical(updated, previous=current.body)
+        self._check_size(body, item)
+        headers = {"If-Match": current.etag} if current.etag else {}
+        reply = self._send("PUT", self._url(item), body=body.encode("utf-8"), headers=headers,
+                           content_type=ICS_CONTENT_TYPE)
+        if reply.status == 412:
+            raise PreconditionFailed(f"{item} changed since it was read (HTTP 412)")
+        self._check_write(reply, item, "PUT")
+        written = self._written(item, reply, body, updated)
+        again = [i for i in self._to_items(item, _Found(written.etag, body), {item: href}) if i.id == item_id]
+        if again and again[0].event is not None:
+            return WriteResult(item_id, again[0].etag, again[0].event)
+        fallback = event if event is not None else series
+        return WriteResult(item_id, _occurrence_etag(written.etag, fallback), fallback)
+
     def delete(self, item_id: str, *, etag: str | None) -> None:
         """DELETE the resource (RFC 4918 9.6), with ``If-Match`` when ``etag`` is given.
 
         404 / 410: already gone, fine. 412: :class:`PreconditionFailed` (edited since read).
+        An expanded occurrence is cancelled inside its resource instead (EXDATE).
         """
+        href, rid = split_occurrence_id(item_id)
+        if rid is not None:
+            with contextlib.suppress(NotFound):
+                self._write_occurrence(item_id, href, rid, None, etag)
+            return
         item = dx.normalize_href(item_id)
         want = dx.normalize_etag(etag)
+        known = self._bodies.get(item)
+        try:
+            current = known if known is not None else self._fetch_current(item)
+        except NotFound:
+            return
+        self._scheduling_guard(current.body, item)
         reply = self._send("DELETE", self._url(item), headers={"If-Match": want} if want else {})
         self._bodies.pop(item, None)
         if reply.status in (404, 410):
@@ -848,6 +1127,8 @@ class CalDAVCalendar:
             stored = event_from_ical(body)
         except Exception:
             stored = event
+        if self.window is not None:
+            stored = stored.clipped(*self.window)
         if etag is not None:
             self._bodies[item] = _Found(etag, body)
         else:

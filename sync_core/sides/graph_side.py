@@ -40,6 +40,7 @@ late, and events leaving at the past edge keep being tracked for at most a day l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -55,8 +56,12 @@ from sync_core.convert.graph_json import (
     UID_PROPERTY_ID,
     event_from_graph,
     event_to_graph,
+    index_instances,
     match_uids_from_graph,
+    occurrence_patch,
+    series_from_graph,
 )
+from sync_core.convert.recurrence import expand
 from sync_core.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -66,13 +71,18 @@ from sync_core.errors import (
     SideError,
     UnsupportedEvent,
 )
-from sync_core.model import Event
+from sync_core.model import Event, instant_text
 from sync_core.sides.base import ChangeBatch, RemoteItem, SideName, WriteResult
 from sync_core.sides.graph_http import Conflict, DeltaReset, GraphClient
 
 log = logging.getLogger("davbridge.graph")
 
-RECURRING_NOT_SYNCED = "recurring events are not synced yet"
+INSTANCE_NOT_LINKED = "a single occurrence of a series is synced with its series, not on its own"
+#: Instances are listed this much beyond the window, so an exception moved out of the window
+#: is not mistaken for a cancelled occurrence (docs/RECURRENCE.md).
+INSTANCE_MARGIN = timedelta(days=31)
+_SERIES_TYPES = frozenset({"seriesmaster"})
+_INSTANCE_TYPES = frozenset({"occurrence", "exception"})
 CURSOR_VERSION = 1
 # Fields never sent in a write body: attendees would make Exchange send meeting requests
 # (PLATFORM-NOTES, PRODUCT trap 6); transactionId cannot be changed after creation.
@@ -152,15 +162,21 @@ class _WriteCheck:
     etags: frozenset[str]
     event_type: str
     organizer_with_attendees: bool
+    has_attendees: bool = False
+    join_url: str = ""
 
     @classmethod
     def from_payload(cls, item: Mapping[str, Any]) -> _WriteCheck:
         etags = {str(v) for v in (item.get("@odata.etag"), item.get("changeKey")) if v}
         attendees = item.get("attendees")
+        meeting = item.get("onlineMeeting")
+        join = meeting.get("joinUrl") if isinstance(meeting, Mapping) else None
         return cls(
             etags=frozenset(etags),
             event_type=str(item.get("type") or "singleInstance"),
             organizer_with_attendees=bool(attendees) and item.get("isOrganizer") is not False,
+            has_attendees=bool(attendees),
+            join_url=join if isinstance(join, str) else "",
         )
 
 
@@ -363,11 +379,23 @@ class GraphCalendar:
     ) -> ChangeBatch:
         changed: list[RemoteItem] = []
         removed: list[str] = []
+        series_ids: dict[str, None] = {}
         for item_id, item in merged.items():
+            event_type = str(item.get("type") or "singleInstance").casefold()
             if "@removed" in item:
                 removed.append(item_id)
+            elif event_type in _SERIES_TYPES:
+                series_ids[item_id] = None
+            elif event_type in _INSTANCE_TYPES:
+                master_id = item.get("seriesMasterId")
+                if isinstance(master_id, str) and master_id:
+                    series_ids[master_id] = None
             else:
                 changed.append(self._remote(item))
+        for master_id in series_ids:
+            series = self._read_series(master_id)
+            if series is not None:
+                changed.append(series)
         if full:
             listed = {item.id for item in changed}
             candidates = [item_id for item_id in known if item_id not in listed]
@@ -403,9 +431,8 @@ class GraphCalendar:
             uids = frozenset(match_uids_from_graph(dict(item)))
         except Exception:
             uids = frozenset()
-        event_type = str(item.get("type") or "singleInstance")
-        if event_type != "singleInstance":
-            return RemoteItem(item_id, etag, None, uids, error=RECURRING_NOT_SYNCED)
+        if str(item.get("type") or "singleInstance").casefold() in _INSTANCE_TYPES:
+            return RemoteItem(item_id, etag, None, uids, error=INSTANCE_NOT_LINKED)
         try:
             event = event_from_graph(dict(item))
         except ItemError as exc:
@@ -416,16 +443,110 @@ class GraphCalendar:
         return RemoteItem(item_id, etag, event, uids)
 
     def get(self, ids: Iterable[str]) -> list[RemoteItem]:
-        """Read these events now (one GET each, with the UID tag expanded); 404s are left out."""
-        expand = f"singleValueExtendedProperties($filter=id eq '{_odata_literal(UID_PROPERTY_ID)}')"
+        """Read these events now (one GET each, with the UID tag expanded; a series also lists
+        its instances); 404s are left out."""
         items: list[RemoteItem] = []
         for item_id in ids:
             try:
-                payload = self.client.get_json(self._event_path(item_id), params={"$expand": expand})
+                payload = self._get_tagged(item_id)
             except NotFound:
+                continue
+            if str(payload.get("type") or "").casefold() in _SERIES_TYPES:
+                series = self._series_item(payload)
+                if series is not None:
+                    items.append(series)
                 continue
             items.append(self._remote(payload))
         return items
+
+    def _get_tagged(self, item_id: str) -> dict[str, Any]:
+        expand = f"singleValueExtendedProperties($filter=id eq '{_odata_literal(UID_PROPERTY_ID)}')"
+        return self.client.get_json(self._event_path(item_id), params={"$expand": expand})
+
+    # -- series
+    def _read_series(self, master_id: str) -> RemoteItem | None:
+        """The whole series (master + instances), or ``None`` when the master is gone."""
+        try:
+            master = self._get_tagged(master_id)
+        except NotFound:
+            return None
+        return self._series_item(master)
+
+    def _series_item(self, master: dict[str, Any]) -> RemoteItem | None:
+        """*List instances* over the window (widened) and assemble the series; a series that
+        cannot be read is this item's error only."""
+        item_id = str(master.get("id") or "")
+        etag = _etag_of(master)
+        self._seen[item_id] = _WriteCheck.from_payload(master)
+        uids = frozenset(match_uids_from_graph(master))
+        try:
+            instances = self._instances(item_id)
+        except NotFound:
+            return None
+        try:
+            event = series_from_graph(master, instances, self.window)
+        except ItemError as exc:
+            return RemoteItem(item_id, etag, None, uids, error=str(exc) or type(exc).__name__)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return RemoteItem(item_id, etag, None, uids, error=f"unreadable Graph series ({type(exc).__name__})")
+        return RemoteItem(item_id, etag, event, uids)
+
+    def _instances(self, master_id: str) -> list[dict[str, Any]]:
+        """``GET /users/{u}/events/{id}/instances?startDateTime&endDateTime`` (paged)."""
+        start, end = self.window
+        params = {
+            "startDateTime": _graph_instant(start - INSTANCE_MARGIN),
+            "endDateTime": _graph_instant(end + INSTANCE_MARGIN),
+        }
+        return list(
+            self.client.iter_items(self._event_path(master_id) + "/instances", params=params, prefer=self._prefer_page)
+        )
+
+    def _write_instances(self, master_id: str, series: Event) -> bool:
+        """Make the series' instances inside the window match ``series``: cancel (DELETE) its
+        exdates, PATCH its overrides, PATCH stale exceptions back to the plain occurrence.
+
+        Returns ``False`` when an occurrence the model keeps was cancelled in Microsoft 365:
+        Graph cannot restore a cancelled occurrence, so the caller recreates the series.
+        """
+        assert series.recurrence is not None
+        master = self.client.get_json(self._event_path(master_id))
+        stored = event_from_graph(master)
+        indexed = index_instances(master, stored, self._instances(master_id))
+        cancelled = {instant_text(value) for value in series.exdates}
+        modified = {instant_text(o.recurrence_id): o.event for o in series.overrides}
+        start, end = self.window
+        for rid in expand(series.recurrence.rule, stored.start, window_start=start, window_end=end):
+            key = instant_text(rid)
+            found = indexed.get(key)
+            if key in cancelled:
+                if found is not None:
+                    self._delete_instance(str(found[1]["id"]))
+                continue
+            if found is None:
+                return False
+            payload = found[1]
+            wanted = modified.get(key)
+            if wanted is None and str(payload.get("type") or "").casefold() != "exception":
+                continue
+            target = wanted if wanted is not None else series.occurrence_at(rid)
+            if event_from_graph(payload).content_key() != target.content_key():
+                body = occurrence_patch(target, graph_attendees=bool(payload.get("attendees")))
+                self.client.request_json("PATCH", self._event_path(str(payload["id"])), json=body)
+        return True
+
+    def _delete_instance(self, instance_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            self.client.request("DELETE", self._event_path(instance_id))
+
+    def _series_result(self, master_id: str, written: Event) -> WriteResult:
+        series = self._read_series(master_id)
+        if series is None:
+            raise NotFound(f"Graph series {master_id[:12]}... vanished while it was written")
+        event = series.event if series.event is not None else written
+        if event.uid is None and written.uid is not None:
+            event = event.with_uid(written.uid)
+        return WriteResult(master_id, series.etag, event)
 
     def find_by_uid_tag(self, uid: str) -> RemoteItem | None:
         """The event of this calendar tagged with ``uid`` (one GET), if any."""
@@ -458,16 +579,42 @@ class GraphCalendar:
                 if existing is not None:
                     return self._existing_result(existing, event)
             raise AlreadyExists(str(exc)) from None
-        return self._result(created, event, fallback_id=None)
+        if event.recurrence is None:
+            return self._result(created, event, fallback_id=None)
+        master_id = str(created.get("id") or "")
+        if not master_id:
+            raise SideError("Graph create answered without the event")
+        if not self._write_instances(master_id, event):
+            raise SideError(f"Graph series {master_id[:12]}... lost an occurrence while it was created")
+        return self._series_result(master_id, event)
 
     def update(self, item_id: str, event: Event, *, etag: str | None) -> WriteResult:
-        """PATCH the synced fields, with ``If-Match: etag`` when given."""
-        self._guard(item_id, etag)
-        body = self._body(event_to_graph(event))
+        """PATCH the synced fields, with ``If-Match: etag`` when given.
+
+        A series: the master is PATCHed without ``recurrence``/``start``/``end`` when those
+        are unchanged (sending them resets every exception in Exchange), then its instances
+        are matched to the model (:meth:`_write_instances`). When an occurrence the model
+        keeps was cancelled in Microsoft 365 (Graph cannot restore it), the series is
+        deleted and created again (a new id; it holds no attendees, the guard made sure).
+        """
+        check = self._guard(item_id, etag)
+        body = self._body(event_to_graph(event, graph_attendees=check.has_attendees, graph_join_url=check.join_url))
         body.pop("transactionId", None)
         headers = {"If-Match": etag} if etag else None
-        updated = self.client.request_json("PATCH", self._event_path(item_id), json=body, headers=headers)
-        return self._result(updated, event, fallback_id=item_id)
+        if event.recurrence is None:
+            updated = self.client.request_json("PATCH", self._event_path(item_id), json=body, headers=headers)
+            return self._result(updated, event, fallback_id=item_id)
+        current = event_from_graph(self.client.get_json(self._event_path(item_id)))
+        if current.recurrence == event.recurrence and _same_times(current, event):
+            for key in ("recurrence", "start", "end", "isAllDay"):
+                body.pop(key, None)
+        self.client.request_json("PATCH", self._event_path(item_id), json=body, headers=headers)
+        if self._write_instances(item_id, event):
+            return self._series_result(item_id, event)
+        log.info("graph %s: a cancelled occurrence must come back; recreating the series", self._calendar)
+        self.delete(item_id, etag=None)
+        key = "restore-" + hashlib.sha256(f"{item_id}\0{event.fingerprint()}".encode()).hexdigest()[:32]
+        return self.create(event, idempotency_key=key)
 
     def delete(self, item_id: str, *, etag: str | None) -> None:
         """DELETE the event (``If-Match`` when given); a missing event is not an error."""
@@ -479,26 +626,27 @@ class GraphCalendar:
             pass
         self._seen.pop(item_id, None)
 
-    def _guard(self, item_id: str, etag: str | None) -> None:
-        if not self.protect_meetings:
-            return
+    def _guard(self, item_id: str, etag: str | None) -> _WriteCheck:
         check = self._seen.get(item_id)
+        if not self.protect_meetings:
+            return check or _WriteCheck(frozenset(), "singleInstance", False)
         if check is None or etag is None or etag not in check.etags:
             payload = self.client.get_json(
                 self._event_path(item_id),
-                params={"$select": "id,type,isOrganizer,attendees,changeKey"},
+                params={"$select": "id,type,isOrganizer,attendees,changeKey,onlineMeeting"},
             )
             check = _WriteCheck.from_payload(payload)
             self._seen[item_id] = check
             if etag is not None and check.etags and etag not in check.etags:
                 raise PreconditionFailed(f"Graph event {item_id[:12]}... changed since it was read")
-        if check.event_type != "singleInstance":
-            raise UnsupportedEvent(RECURRING_NOT_SYNCED)
+        if check.event_type.casefold() in _INSTANCE_TYPES:
+            raise UnsupportedEvent(INSTANCE_NOT_LINKED)
         if check.organizer_with_attendees:
             raise UnsupportedEvent(
                 "meeting with attendees organised by this mailbox: changing or deleting it "
                 "would send updates or cancellations to the attendees"
             )
+        return check
 
     @staticmethod
     def _body(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -531,6 +679,12 @@ class GraphCalendar:
         if event.uid is None:
             event = event.with_uid(written.uid)
         return WriteResult(existing.id, existing.etag, event)
+
+
+def _same_times(a: Event, b: Event) -> bool:
+    return a.all_day == b.all_day and instant_text(a.start) == instant_text(b.start) and (
+        instant_text(a.end) == instant_text(b.end)
+    )
 
 
 # --- admin helpers ------------------------------------------------------------------------

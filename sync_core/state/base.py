@@ -137,6 +137,7 @@ class RunStatus:
     counts: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     error: str | None = None
+    notices: list[str] = field(default_factory=list)
 
 
 class StateStore(Protocol):
