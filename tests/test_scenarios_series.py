@@ -292,3 +292,26 @@ def test_a_meeting_the_caldav_server_schedules_is_never_changed_by_the_sync(worl
     else:  # no scheduling on this server: the edit is just an edit
         assert world.caldav.by_summary("Board meeting (moved room)")
         assert status["quarantined"] == 0
+
+
+def test_a_rule_change_in_caldav_resets_the_exceptions_in_outlook(world: World) -> None:
+    uid = f"{uuid.uuid4()}@caldav.example"
+    start = next_monday(7)
+    name = f"{uuid.uuid4().hex}.ics"
+    world.caldav.put_raw(name, series_ics(uid, "Run", "FREQ=DAILY;COUNT=6", start,
+                                          overrides=override_ics(uid, start + timedelta(days=1),
+                                                                 start + timedelta(days=1, hours=2), "Run (late)")))
+    world.sync()
+    (master,) = masters(world)
+    assert any(subject == "Run (late)" for _, subject in graph_occurrences(world, master["id"]))
+
+    world.caldav.put_raw(name, series_ics(uid, "Run", "FREQ=DAILY;INTERVAL=2;COUNT=6", start))
+    out = world.sync()
+    assert "updated_m365=1" in out
+    (master,) = masters(world)
+    assert master["recurrence"]["pattern"]["interval"] == 2
+    (obj,) = world.caldav.objects()
+    occurrences = graph_occurrences(world, master["id"])
+    assert occurrences == caldav_occurrences(obj.ics) and len(occurrences) == 6
+    assert all(subject == "Run" for _, subject in occurrences)
+    assert "no changes" in world.sync()
