@@ -55,9 +55,11 @@ class GraphUserApp:
 
     def instances(self, upn: str, event_id: str, start: str, end: str) -> list[dict[str, Any]]:
         """Occurrences and exceptions of a series between two ISO instants (all pages)."""
+        return self._all_pages(f"/users/{upn}/events/{event_id}/instances?startDateTime={start}&endDateTime={end}")
+
+    def _all_pages(self, path: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        url: str | None = (self.graph_url + f"/users/{upn}/events/{event_id}/instances"
-                           f"?startDateTime={start}&endDateTime={end}")
+        url: str | None = self.graph_url + path
         while url:
             page = self.session.get(url, timeout=10, verify=self.ca_path)
             page.raise_for_status()
@@ -74,15 +76,7 @@ class GraphUserApp:
 
     def events(self, upn: str) -> list[dict[str, Any]]:
         """Every event of the primary calendar (all pages)."""
-        out: list[dict[str, Any]] = []
-        url: str | None = self.graph_url + f"/users/{upn}/calendar/events?$top=50"
-        while url:
-            page = self.session.get(url, timeout=10, verify=self.ca_path)
-            page.raise_for_status()
-            data = page.json()
-            out.extend(data["value"])
-            url = data.get("@odata.nextLink")
-        return out
+        return self._all_pages(f"/users/{upn}/calendar/events?$top=50")
 
 
 @dataclass
