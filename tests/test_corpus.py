@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import icalendar
 import pytest
 import recurring_ical_events
+from icalendar.timezone import tzp
 
 from devtools.clients import GraphUserApp
 from devtools.graphsim import GraphSim
@@ -137,6 +138,9 @@ def _key(start: datetime | date, end: datetime | date, subject: str) -> tuple[st
 
 
 def ical_occurrences(ics: str, start: datetime, end: datetime) -> set[tuple[str, str, str]]:
+    # icalendar caches custom VTIMEZONEs process-wide by TZID (the product never uses that
+    # cache): another file's "Customized Time Zone" must not leak into this reference.
+    tzp._TZP__tz_cache.clear()  # type: ignore[attr-defined]
     calendar = icalendar.Calendar.from_ical(ics)
     out = set()
     for component in recurring_ical_events.of(calendar).between(start, end):
