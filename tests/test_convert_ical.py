@@ -183,7 +183,7 @@ def test_uid_is_required() -> None:
 
 
 # --- reading other producers --------------------------------------------------------------------
-OUTLOOK = wrap(
+WINDOWS_TZ = [
     "BEGIN:VTIMEZONE",
     "TZID:W. Europe Standard Time",
     "BEGIN:STANDARD",
@@ -199,6 +199,9 @@ OUTLOOK = wrap(
     "RRULE:FREQ=YEARLY;INTERVAL=1;BYDAY=-1SU;BYMONTH=3",
     "END:DAYLIGHT",
     "END:VTIMEZONE",
+]
+OUTLOOK = wrap(
+    *WINDOWS_TZ,
     "BEGIN:VEVENT",
     "ORGANIZER;CN=Organizer:mailto:org@example.com",
     "ATTENDEE;ROLE=REQ-PARTICIPANT;CN=Guest:mailto:guest@example.com",

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from icalendar import Calendar
+from test_convert_ical import WINDOWS_TZ
 
 from sync_core.convert.ical import NO_MASTER, event_from_ical, event_to_ical
 from sync_core.convert.timezones import is_windows_id
@@ -227,23 +228,6 @@ def test_series_of_a_zone_ending_years_later_gets_vtimezones_for_all_years() -> 
 
 
 # --- reading other producers --------------------------------------------------------------------
-WINDOWS_TZ = [
-    "BEGIN:VTIMEZONE",
-    "TZID:W. Europe Standard Time",
-    "BEGIN:STANDARD",
-    "DTSTART:16010101T030000",
-    "TZOFFSETFROM:+0200",
-    "TZOFFSETTO:+0100",
-    "RRULE:FREQ=YEARLY;INTERVAL=1;BYDAY=-1SU;BYMONTH=10",
-    "END:STANDARD",
-    "BEGIN:DAYLIGHT",
-    "DTSTART:16010101T020000",
-    "TZOFFSETFROM:+0100",
-    "TZOFFSETTO:+0200",
-    "RRULE:FREQ=YEARLY;INTERVAL=1;BYDAY=-1SU;BYMONTH=3",
-    "END:DAYLIGHT",
-    "END:VTIMEZONE",
-]
 OUTLOOK_SERIES = wrap(
     *WINDOWS_TZ,
     *vevent(
