@@ -16,7 +16,7 @@ from typing import Protocol
 from sync_core.apply import ApplyResult, WriteHook, apply_plan
 from sync_core.errors import DavbridgeError
 from sync_core.reconcile import PairingRules, Plan, reconcile
-from sync_core.sides.base import ChangeBatch, RemoteItem, Side, SideName
+from sync_core.sides.base import ChangeBatch, Side, SideName
 from sync_core.state.base import ItemLink, Pairing, RunStatus, StateStore, UserRecord, utcnow
 
 log = logging.getLogger("davbridge.engine")
@@ -128,11 +128,12 @@ def _notices(batches: Mapping[SideName, ChangeBatch]) -> tuple[dict[str, str], s
     seen: dict[str, str] = {}
     reread: set[str] = set()
     for side, batch in batches.items():
-        for item in [*batch.changed, *(RemoteItem(i, None, None) for i in batch.deleted)]:
-            where = f"{side.value} {item.id.split('#', 1)[0]}"
+        read = [(item.id, item.notice) for item in batch.changed] + [(i, None) for i in batch.deleted]
+        for item_id, notice in read:
+            where = f"{side.value} {item_id.split('#', 1)[0]}"
             reread.add(where)
-            if item.notice:
-                seen.setdefault(where, item.notice)
+            if notice:
+                seen.setdefault(where, notice)
     return seen, reread
 
 

@@ -165,11 +165,13 @@ class Event:
     def occurrence_at(self, recurrence_id: datetime | date) -> Event:
         """The plain (unmodified) occurrence of this series that starts at ``recurrence_id``."""
         start = recurrence_id
-        if isinstance(start, datetime) and start.tzinfo is not None and isinstance(self.start, datetime):
-            start = start.astimezone(self.start.tzinfo) if self.start.tzinfo else start
-        end: datetime | date = start + self.duration
         if isinstance(start, datetime) and start.tzinfo is not None:
-            end = (start.astimezone(UTC) + self.duration).astimezone(start.tzinfo)
+            if isinstance(self.start, datetime) and self.start.tzinfo is not None:
+                start = start.astimezone(self.start.tzinfo)
+            # exact elapsed duration, also across a DST change
+            end: datetime | date = (start.astimezone(UTC) + self.duration).astimezone(start.tzinfo)
+        else:
+            end = start + self.duration
         return replace(self, start=start, end=end, recurrence=None, exdates=(), overrides=())
 
     def with_series(

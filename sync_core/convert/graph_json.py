@@ -28,7 +28,6 @@ Error messages carry ids only, never event content.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -519,7 +518,6 @@ def _instant(value: object) -> datetime | None:
     """An ``Edm.DateTimeOffset`` (``2019-10-17T11:22:54.9229346Z``) as aware UTC, or None."""
     if not isinstance(value, str) or not value:
         return None
-    value = re.sub(r"(\.\d{6})\d+", r"\1", value)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

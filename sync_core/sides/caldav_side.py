@@ -106,15 +106,6 @@ def split_occurrence_id(item_id: str) -> tuple[str, str | None]:
     return match.group("href"), match.group("rid")
 
 
-def _rid_value(text: str) -> datetime | date:
-    """The value of a recurrence id text (``YYYYMMDD``, ``...THHMMSS``, ``...THHMMSSZ``)."""
-    if "T" not in text:
-        return datetime.strptime(text, "%Y%m%d").date()
-    if text.endswith("Z"):
-        return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    return datetime.strptime(text, "%Y%m%dT%H%M%S")
-
-
 def _window_key(window: tuple[datetime, datetime]) -> str:
     return f"{window[0].astimezone(UTC):%Y%m%dT%H%M}-{window[1].astimezone(UTC):%Y%m%dT%H%M}"
 
@@ -562,20 +553,24 @@ class CalDAVCalendar:
             extra = self._items(stale, {}, {h: h for h in stale})
             changed.extend(item for item in extra if not self._unchanged(item, known))
             read_hrefs.update(stale)
-        yielded = {i.id for i in changed}
+        yielded: dict[str, set[str | None]] = {}  # href -> recurrence ids read now (None: the whole item)
+        for read in changed:
+            href, rid = split_occurrence_id(read.id)
+            yielded.setdefault(dx.normalize_href(href), set()).add(rid)
         deleted = set()
-        for item in batch.deleted:
-            deleted.update(by_href.get(dx.normalize_href(split_occurrence_id(item)[0]), [item]))
+        for gone in batch.deleted:
+            deleted.update(by_href.get(dx.normalize_href(split_occurrence_id(gone)[0]), [gone]))
         for href in read_hrefs:
+            now = yielded.get(href, set())
             for k in by_href.get(href, []):
                 _, rid = split_occurrence_id(k)
-                if k in yielded or k in deleted:
+                if k in deleted or rid in now:
                     continue
-                if rid is None and any(split_occurrence_id(i)[1] for i in yielded if dx.normalize_href(
-                        split_occurrence_id(i)[0]) == href):
-                    deleted.add(k)  # was one item, now expanded
-                elif rid is not None and self._occurrence_gone(href, rid, yielded):
-                    deleted.add(k)
+                if rid is None:
+                    if now:
+                        deleted.add(k)  # was one item, now expanded
+                elif self.window is None or in_window(parse_recurrence_id_text(rid, like=date.min), *self.window):
+                    deleted.add(k)  # gone, not merely out of the window
         batch.changed = changed
         batch.deleted = sorted(deleted)
         return batch
@@ -583,16 +578,6 @@ class CalDAVCalendar:
     @staticmethod
     def _unchanged(item: RemoteItem, known: Mapping[str, str | None]) -> bool:
         return item.id in known and known[item.id] == item.etag
-
-    def _occurrence_gone(self, href: str, rid: str, yielded: set[str]) -> bool:
-        """A known occurrence the re-read resource did not yield: gone unless it merely left
-        the window (then it is kept, as any item leaving the window is)."""
-        if any(dx.normalize_href(split_occurrence_id(i)[0]) == href and split_occurrence_id(i)[1] == rid
-               for i in yielded):
-            return False
-        if self.window is None:
-            return True
-        return in_window(_rid_value(rid), *self.window)
 
     @staticmethod
     def _looks_like_restart(delta: _SyncDelta, known: Mapping[str, str | None]) -> bool:

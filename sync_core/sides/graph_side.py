@@ -502,15 +502,16 @@ class GraphCalendar:
             self.client.iter_items(self._event_path(master_id) + "/instances", params=params, prefer=self._prefer_page)
         )
 
-    def _write_instances(self, master_id: str, series: Event) -> bool:
+    def _write_instances(self, master: Mapping[str, Any], series: Event) -> bool:
         """Make the series' instances inside the window match ``series``: cancel (DELETE) its
         exdates, PATCH its overrides, PATCH stale exceptions back to the plain occurrence.
+        ``master`` is the master as the POST / PATCH just answered it.
 
         Returns ``False`` when an occurrence the model keeps was cancelled in Microsoft 365:
         Graph cannot restore a cancelled occurrence, so the caller recreates the series.
         """
         assert series.recurrence is not None
-        master = self.client.get_json(self._event_path(master_id))
+        master_id = str(master["id"])
         stored = event_from_graph(master)
         indexed = index_instances(master, stored, self._instances(master_id))
         cancelled = {instant_text(value) for value in series.exdates}
@@ -584,7 +585,7 @@ class GraphCalendar:
         master_id = str(created.get("id") or "")
         if not master_id:
             raise SideError("Graph create answered without the event")
-        if not self._write_instances(master_id, event):
+        if not self._write_instances(created, event):
             raise SideError(f"Graph series {master_id[:12]}... lost an occurrence while it was created")
         return self._series_result(master_id, event)
 
@@ -608,8 +609,8 @@ class GraphCalendar:
         if current.recurrence == event.recurrence and _same_times(current, event):
             for key in ("recurrence", "start", "end", "isAllDay"):
                 body.pop(key, None)
-        self.client.request_json("PATCH", self._event_path(item_id), json=body, headers=headers)
-        if self._write_instances(item_id, event):
+        patched = self.client.request_json("PATCH", self._event_path(item_id), json=body, headers=headers)
+        if self._write_instances({**patched, "id": patched.get("id") or item_id}, event):
             return self._series_result(item_id, event)
         log.info("graph %s: a cancelled occurrence must come back; recreating the series", self._calendar)
         self.delete(item_id, etag=None)
