@@ -115,13 +115,11 @@ def _users_list(services: Services, args: argparse.Namespace) -> int:
 def _users_enable(services: Services, args: argparse.Namespace) -> int:
     missing = 0
     for upn in args.upns:
-        user = services.store.get_user(upn)
+        user = services.set_enabled(upn, args.enabled)
         if user is None:
             print(f"{upn}: unknown user", file=sys.stderr)
             missing += 1
             continue
-        user.enabled = args.enabled
-        services.store.save_user(user)
         print(f"{user.upn}: {'enabled' if args.enabled else 'disabled'}")
     return 1 if missing else 0
 
@@ -172,7 +170,11 @@ def _describe_plan(outcome: PairingOutcome) -> list[str]:
 # -- status -----------------------------------------------------------------------------------
 def _status(services: Services, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
+    user_errors: list[str] = []
     for user in services.store.list_users():
+        if user.last_error:
+            when = user.last_error_at.isoformat(timespec="seconds") if user.last_error_at else "?"
+            user_errors.append(f"error: {user.upn} ({when}): {user.last_error}")
         for pairing in services.store.list_pairings(user.upn):
             st = services.store.get_status(pairing.pairing_id)
             rows.append({
@@ -183,11 +185,13 @@ def _status(services: Services, args: argparse.Namespace) -> int:
                                  if st and st.last_success_at else None),
                 "ok": st.ok if st else None, "counts": st.counts if st else {},
                 "quarantined": st.quarantined if st else 0, "last_error": st.error if st else None,
-                "notices": st.notices if st else [],
+                "notices": st.notices if st else [], "user_error": user.last_error,
             })
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    for line in user_errors:
+        print(line)
     _table(["user", "enabled", "auth", "pairing", "last run", "last success", "changes", "quarantined", "error"],
            [[r["user"], "yes" if r["enabled"] else "no", r["auth_status"], r["pairing"], r["last_run"] or "-",
              r["last_success"] or "-", ", ".join(f"{k}={v}" for k, v in sorted(r["counts"].items())) or "-",

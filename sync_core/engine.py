@@ -78,6 +78,11 @@ def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime 
         if not dry_run:
             _save_status(store, user, result, started=now)
         outcome.pairings.append(result)
+    if outcome.ok and not dry_run and user.last_error:
+        fresh = store.get_user(user.upn)
+        if fresh is not None and fresh.last_error:
+            fresh.last_error = fresh.last_error_at = None  # a clean run settles an earlier failure
+            store.save_user(fresh)
     return outcome
 
 

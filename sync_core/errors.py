@@ -89,3 +89,9 @@ class NotExpressible(UnsupportedEvent):
     """A valid recurrence Microsoft Graph cannot hold as a series (reason in the message).
 
     Such a series is expanded into single events instead (docs/RECURRENCE.md, "the fallback")."""
+
+
+class SecretStoreError(DavbridgeError):
+    """The secrets backend refused or failed an operation (e.g. Key Vault 401/403, a value over 25 KB).
+
+    The message says what to fix (such as the missing Key Vault role) and never holds a secret value."""

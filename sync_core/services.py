@@ -8,6 +8,9 @@ side, state and secrets classes exist.
 from __future__ import annotations
 
 import logging
+import secrets as token_source
+import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -15,6 +18,7 @@ from sync_core.apply import WriteHook
 from sync_core.convert.recurrence import graph_unsupported_reason
 from sync_core.engine import UserOutcome, sync_user
 from sync_core.errors import AuthenticationFailed, DavbridgeError, SideError
+from sync_core.queue import SyncQueue, open_queue
 from sync_core.secrets import SecretStore, open_secrets
 from sync_core.settings import Settings
 from sync_core.sides.base import Side, SideName
@@ -22,7 +26,9 @@ from sync_core.sides.caldav_side import CalDAVCalendar, discover_calendars, open
 from sync_core.sides.graph_http import GraphAuth, GraphClient, GraphCredentials
 from sync_core.sides.graph_side import GraphCalendar
 from sync_core.state import StateStore, open_state
-from sync_core.state.base import Pairing, UserRecord
+from sync_core.state.base import Pairing, Subscription, UserRecord
+from sync_core.subscriptions import GraphSubscriptions
+from sync_core.webhooks import client_state
 
 log = logging.getLogger("davbridge.services")
 
@@ -31,23 +37,85 @@ class Services:
     """Everything a sync needs, created lazily and reused across users."""
 
     def __init__(self, settings: Settings, *, store: StateStore | None = None,
-                 secrets: SecretStore | None = None) -> None:
+                 secrets: SecretStore | None = None, queue: SyncQueue | None = None) -> None:
         self.settings = settings
         self._store = store
         self._secrets = secrets
+        self._queue = queue
         self._graph: GraphClient | None = None
+        self._lock = threading.Lock()
+        self._client_state_key: str | None = None
+        #: subscription id -> (owner UPN, looked up at); notifications are point lookups
+        self._subscription_owner: dict[str, tuple[str, float]] = {}
 
     @property
     def store(self) -> StateStore:
         if self._store is None:
-            self._store = open_state(self.settings.state_url)
+            with self._lock:
+                if self._store is None:
+                    self._store = open_state(self.settings.state_url, table_prefix=self.settings.table_prefix)
         return self._store
+
+    @property
+    def queue(self) -> SyncQueue:
+        if self._queue is None:
+            with self._lock:
+                if self._queue is None:
+                    self._queue = open_queue(self.settings.queue_url, self.settings.sync_queue_name)
+        return self._queue
 
     @property
     def secrets(self) -> SecretStore:
         if self._secrets is None:
-            self._secrets = open_secrets(self.settings.secrets_url)
+            with self._lock:
+                if self._secrets is None:
+                    self._secrets = open_secrets(self.settings.secrets_url)
         return self._secrets
+
+    # -- change notifications ------------------------------------------------------------------
+    def client_state_key(self, *, create: bool = False) -> str | None:
+        """The HMAC key behind every subscription's ``clientState`` (secrets store).
+
+        Only the timer creates it (``create=True``): the timer fires on one instance and never
+        overlaps itself, so two workers can never race to create different keys."""
+        if self._client_state_key is None:
+            name = self.settings.client_state_key_name
+            key = self.secrets.get(name)
+            if key is None and create:
+                self.secrets.set(name, token_source.token_urlsafe(32))
+                key = self.secrets.get(name)
+            self._client_state_key = key
+        return self._client_state_key
+
+    def subscriptions(self) -> GraphSubscriptions | None:
+        """The subscription manager, or None when webhooks are not configured (embedded use)."""
+        s = self.settings
+        if not s.webhooks_enabled or not s.webhook_url or not s.lifecycle_url:
+            return None
+        key = self.client_state_key()
+        if key is None:
+            raise AuthenticationFailed(f"no webhook clientState key ({s.client_state_key_name}) in the "
+                                       "secrets store yet; the timer creates it on its next tick")
+        return GraphSubscriptions(self.graph(), self.store, notification_url=s.webhook_url,
+                                  lifecycle_url=s.lifecycle_url,
+                                  client_state_for=lambda upn: client_state(key, upn))
+
+    def subscription_owner(self, subscription_id: str, *, max_age: float = 300.0) -> str | None:
+        """The UPN a subscription belongs to (point lookup, cached a few minutes per process)."""
+        hit = self._subscription_owner.get(subscription_id)
+        if hit is not None and time.monotonic() - hit[1] < max_age:
+            return hit[0]
+        sub: Subscription | None = self.store.get_subscription(subscription_id)
+        if sub is None:
+            self._subscription_owner.pop(subscription_id, None)
+            return None
+        if len(self._subscription_owner) > 50_000:
+            self._subscription_owner.clear()
+        self._subscription_owner[subscription_id] = (sub.upn, time.monotonic())
+        return sub.upn
+
+    def forget_subscription(self, subscription_id: str) -> None:
+        self._subscription_owner.pop(subscription_id, None)
 
     # -- Microsoft Graph -----------------------------------------------------------------------
     def graph(self) -> GraphClient:
@@ -116,6 +184,23 @@ class Services:
             raise SideError("calendar not found: the CalDAV account has no event calendar")
         primary = next((c for c in calendars if c.is_default), calendars[0])
         return primary.url
+
+    def set_enabled(self, upn: str, enabled: bool) -> UserRecord | None:
+        """Enable or disable one user; disabling deletes its Graph subscription (a failure to
+        reach Graph leaves the row, and the timer removes subscriptions of disabled users)."""
+        user = self.store.get_user(upn)
+        if user is None:
+            return None
+        user.enabled = enabled
+        self.store.save_user(user)
+        if not enabled and self.store.list_subscriptions(user.upn):
+            try:
+                manager = self.subscriptions()
+                if manager is not None:
+                    manager.delete_all(user.upn)
+            except DavbridgeError as exc:
+                log.warning("could not delete the subscription of a disabled user yet: %s", type(exc).__name__)
+        return user
 
     def sync_user(self, upn: str, *, dry_run: bool = False, trigger: str = "manual",
                   on_write: WriteHook | None = None) -> UserOutcome:

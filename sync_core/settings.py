@@ -25,6 +25,19 @@ class Settings:
     graph_secret_name: str = "graph-client-secret"
     graph_certificate_name: str = "graph-client-certificate"
     caldav_timeout_seconds: float = 30.0
+    table_prefix: str = "davbridge"
+    queue_url: str = "memory:"
+    sync_queue_name: str = "davbridge-sync"
+    webhook_url: str | None = None
+    lifecycle_url: str | None = None
+    client_state_key_name: str = "webhook-client-state-key"
+    busy_retry_seconds: int = 30
+    webhook_debounce_seconds: int = 5
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        """Graph change notifications are used when both public URLs are configured."""
+        return bool(self.webhook_url and self.lifecycle_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -41,4 +54,13 @@ class Settings:
             graph_secret_name=env.get("GRAPH_CLIENT_SECRET_NAME", cls.graph_secret_name),
             graph_certificate_name=env.get("GRAPH_CERTIFICATE_NAME", cls.graph_certificate_name),
             caldav_timeout_seconds=float(env.get("CALDAV_TIMEOUT_SECONDS", cls.caldav_timeout_seconds)),
+            table_prefix=env.get("DAVBRIDGE_TABLE_PREFIX", cls.table_prefix),
+            queue_url=env.get("DAVBRIDGE_QUEUE_URL", cls.queue_url),
+            sync_queue_name=env.get("DAVBRIDGE_SYNC_QUEUE", cls.sync_queue_name),
+            webhook_url=env.get("DAVBRIDGE_WEBHOOK_URL") or None,
+            lifecycle_url=env.get("DAVBRIDGE_LIFECYCLE_URL") or None,
+            client_state_key_name=env.get("DAVBRIDGE_CLIENT_STATE_KEY_NAME", cls.client_state_key_name),
+            busy_retry_seconds=int(env.get("DAVBRIDGE_BUSY_RETRY_SECONDS", cls.busy_retry_seconds)),
+            webhook_debounce_seconds=int(env.get("DAVBRIDGE_WEBHOOK_DEBOUNCE_SECONDS",
+                                                 cls.webhook_debounce_seconds)),
         )

@@ -1,7 +1,8 @@
 """Graph v1.0 routes: a table of (method, path pattern, handler) and the handlers.
 
-Adding an endpoint (subscriptions and ``$batch`` come later) means adding a
-:class:`Route` to :data:`ROUTES` and a method to :class:`GraphService`.
+Adding an endpoint (``$batch`` comes later) means adding a :class:`Route` to :data:`ROUTES` and a
+method to :class:`GraphService`. The ``/subscriptions`` routes are served by
+:class:`~devtools.graphsim.subscriptions.SubscriptionService` (``GraphService.subscriptions``).
 
 Paths are matched segment by segment, literals case-insensitively (Graph's are), after
 ``/v1.0``. Handlers raise :class:`~devtools.graphsim.odata.GraphError` for error answers.
@@ -22,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from devtools.graphsim import events as ev_model
@@ -41,6 +42,9 @@ from devtools.graphsim.odata import (
     split_expand,
 )
 from devtools.graphsim.store import Calendar, CalendarExists, Store, StoredEvent, User
+
+if TYPE_CHECKING:  # subscriptions.py imports Request/Response from here
+    from devtools.graphsim.subscriptions import SubscriptionService
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
@@ -118,11 +122,22 @@ def _build_routes() -> tuple[Route, ...]:
             Route("GET", (*base, "calendarView"), "calendar_view"),
             Route("GET", (*base, "calendarView", "delta"), "delta"),
         ]
+    routes += [
+        Route("GET", ("subscriptions",), "list_subscriptions"),
+        Route("POST", ("subscriptions",), "create_subscription"),
+        Route("GET", ("subscriptions", "{sid}"), "get_subscription"),
+        Route("PATCH", ("subscriptions", "{sid}"), "update_subscription"),
+        Route("DELETE", ("subscriptions", "{sid}"), "delete_subscription"),
+        Route("POST", ("subscriptions", "{sid}", "reauthorize"), "reauthorize_subscription"),
+    ]
     return tuple(routes)
 
 
 ROUTES = _build_routes()
 _DELTA_ALIASES = frozenset({"delta", "delta()", "microsoft.graph.delta", "microsoft.graph.delta()"})
+_REAUTHORIZE_ALIASES = frozenset({"reauthorize", "microsoft.graph.reauthorize"})
+#: Handlers that live on ``GraphService.subscriptions`` (a SubscriptionService).
+SUBSCRIPTION_HANDLERS = frozenset(r.handler for r in ROUTES if r.pattern[0] == "subscriptions")
 
 
 def match_route(method: str, segments: list[str]) -> tuple[Route, dict[str, str]]:
@@ -154,6 +169,9 @@ def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | No
             params[pat[1:-1]] = seg
         elif pat == "delta":
             if seg.lower() not in _DELTA_ALIASES:
+                return None
+        elif pat == "reauthorize":
+            if seg.lower() not in _REAUTHORIZE_ALIASES:
                 return None
         elif pat.lower() != seg.lower():
             return None
@@ -269,6 +287,7 @@ class GraphService:
         self.sent_invitations: list[dict[str, Any]] = []
         self._empty_delta_pages = 0
         self._knobs = threading.Lock()
+        self.subscriptions: SubscriptionService | None = None  # set by the server
 
     def inject_empty_delta_pages(self, count: int) -> None:
         """The next ``count`` delta answers are empty pages with a nextLink (Graph: "Pages can be
@@ -278,7 +297,12 @@ class GraphService:
 
     def handle(self, req: Request) -> Response:
         route, params = match_route(req.method, req.segments)
-        handler: Callable[[Request, dict[str, str]], Response] = getattr(self, route.handler)
+        owner: object = self
+        if route.handler in SUBSCRIPTION_HANDLERS:
+            if self.subscriptions is None:
+                raise GraphError(501, "NotImplemented", "Subscriptions are not enabled on this stand-in.")
+            owner = self.subscriptions
+        handler: Callable[[Request, dict[str, str]], Response] = getattr(owner, route.handler)
         return handler(req, params)
 
     # -- helpers -----------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Cross-cutting behaviour implemented here (sources in README.md):
   ``429 ApplicationThrottled`` "Application is over its MailboxConcurrency limit." (Outlook
   service limits: 4 concurrent requests per app per mailbox).
 * Every response carries ``request-id`` and ``client-request-id`` (echoed when the client sent one).
+* Change notifications (``/subscriptions``, webhook delivery, lifecycle notifications) live in
+  ``subscriptions.py``; the server owns the delivery pool and stops it with the server.
 
 The server listens on loopback only, with a certificate from a throw-away ``trustme`` CA whose
 PEM is written to ``<state_dir>/ca.pem``.
@@ -39,6 +41,7 @@ from devtools.graphsim.auth import AuthService
 from devtools.graphsim.odata import GraphError, error_body, parse_prefer
 from devtools.graphsim.routes import JSON_CONTENT_TYPE, GraphService, Request, Response
 from devtools.graphsim.store import Store
+from devtools.graphsim.subscriptions import NotificationSettings, SubscriptionService
 
 MAILBOX_CONCURRENCY_LIMIT = 4
 
@@ -56,6 +59,7 @@ def _require_loopback(host: str) -> None:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops SYNs under concurrent clients
     sim: GraphSim
     ssl_context: ssl.SSLContext
 
@@ -145,6 +149,9 @@ class GraphSim:
         self.store = Store()
         self.auth = AuthService()
         self.graph = GraphService(self.store)
+        self._subscriptions = SubscriptionService(self.store, self.graph.schema, self.ca_path)
+        self.graph.subscriptions = self._subscriptions
+        self._cert_serial = 0
         self.mailbox_concurrency_limit = MAILBOX_CONCURRENCY_LIMIT
         self._log_lock = threading.Lock()
         self._request_log: list[dict[str, Any]] = []
@@ -182,6 +189,7 @@ class GraphSim:
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._subscriptions.stop()
 
     def __enter__(self) -> GraphSim:
         return self.start()
@@ -289,6 +297,66 @@ class GraphSim:
     def set_latency(self, seconds: float) -> None:
         """Delay every Graph request (to exercise the mailbox concurrency limit)."""
         self._latency = max(0.0, float(seconds))
+
+    # -- change notifications ------------------------------------------------------------------
+    @property
+    def notification_settings(self) -> NotificationSettings:
+        """Handshake and delivery knobs (timeouts, retries, pool size, CA bundle); see subscriptions.py."""
+        return self._subscriptions.settings
+
+    def configure_notifications(self, **changes: Any) -> None:
+        """``sim.configure_notifications(validation_timeout=0.5, max_attempts=2, retry_backoff=0.05)``."""
+        self._subscriptions.settings.update(**changes)
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """Every live subscription of every app, as the subscription entity JSON (oldest first)."""
+        return self._subscriptions.snapshot()
+
+    def expire_subscription(self, subscription_id: str) -> None:
+        """Let a subscription expire now (404 afterwards; nothing more is sent). KeyError if unknown."""
+        self._subscriptions.expire(subscription_id)
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> bool:
+        """POST a ``reauthorizationRequired`` / ``subscriptionRemoved`` (which also deletes the
+        subscription) / ``missed`` lifecycle notification to the subscription's
+        lifecycleNotificationUrl. Returns False when it has none (nothing is sent)."""
+        return self._subscriptions.send_lifecycle(subscription_id, event)
+
+    @property
+    def notification_log(self) -> list[dict[str, Any]]:
+        """Every delivery attempt: ``{kind: change|lifecycle, url (no query), subscription_id,
+        change_type, lifecycle_event, status (None: no answer), seconds, attempt, slow, error, time,
+        payload}``."""
+        return self._subscriptions.notification_log()
+
+    def reset_notification_log(self) -> None:
+        self._subscriptions.reset_notification_log()
+
+    @property
+    def validation_log(self) -> list[dict[str, Any]]:
+        """Every validation handshake: ``{url (no query), status, content_type, seconds, ok, error, time}``."""
+        return self._subscriptions.validation_records()
+
+    def wait_for_notifications(self, timeout: float = 10.0) -> bool:
+        """Wait until no notification is queued, being delivered or waiting for a retry."""
+        return self._subscriptions.wait_idle(timeout)
+
+    def issue_server_certificate(self, hosts: tuple[str, ...] | list[str] = ("127.0.0.1",)) -> tuple[str, str]:
+        """A server certificate for ``hosts`` from the stand-in's CA (which deliveries trust by
+        default), so a test webhook can serve HTTPS: returns ``(cert_chain_path, key_path)`` (PEM,
+        in the state dir)."""
+        if not hosts:
+            raise ValueError("hosts must name at least one host")
+        leaf = self._ca.issue_cert(*hosts)
+        with self._log_lock:
+            self._cert_serial += 1
+            n = self._cert_serial
+        cert_path = self.state_dir / f"webhook-{n}-cert.pem"
+        key_path = self.state_dir / f"webhook-{n}-key.pem"
+        cert_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key_path))
+        key_path.chmod(0o600)
+        return str(cert_path), str(key_path)
 
     @property
     def token_lifetime(self) -> int:
@@ -456,6 +524,41 @@ class GraphSim:
         )
 
     # -- admin over HTTPS (for a separate process such as the demo) ----------------------------------
+    def _admin_subscription_route(self, method: str, segments: list[str], data: dict[str, Any]) -> Response | None:
+        route = (method, *segments)
+        if route == ("GET", "subscriptions"):
+            return Response(200, {"value": self.subscriptions()})
+        if method == "POST" and len(segments) == 3 and segments[0] == "subscriptions":
+            sid, action = segments[1], segments[2]
+            try:
+                if action == "lifecycle":
+                    queued = self.send_lifecycle(sid, str(data["event"]))
+                    return Response(202, {"queued": queued})
+                if action == "expire":
+                    self.expire_subscription(sid)
+                    return Response(204)
+            except KeyError as exc:
+                if exc.args and exc.args[0] == sid:
+                    return Response(404, {"error": {"code": "NotFound", "message": f"no subscription {sid}"}})
+                raise
+            return None
+        if route == ("GET", "notifications"):
+            return Response(200, {"value": self.notification_log})
+        if route == ("DELETE", "notifications"):
+            self.reset_notification_log()
+            return Response(204)
+        if route == ("GET", "validations"):
+            return Response(200, {"value": self.validation_log})
+        if route == ("POST", "notifications", "wait"):
+            return Response(200, {"idle": self.wait_for_notifications(float(data.get("timeout", 10.0)))})
+        if route == ("POST", "notification-settings"):
+            self.configure_notifications(**data)
+            return Response(200, self.notification_settings.as_dict())
+        if route == ("POST", "server-certificates"):
+            cert, key = self.issue_server_certificate(tuple(data.get("hosts") or ("127.0.0.1",)))
+            return Response(201, {"cert": cert, "key": key})
+        return None
+
     def _admin_call(self, method: str, segments: list[str], body: bytes) -> Response:
         """JSON admin endpoints under ``/_sim`` mirroring the in-process API (see README.md)."""
         try:
@@ -528,6 +631,9 @@ class GraphSim:
         if route == ("POST", "token-lifetime"):
             self.token_lifetime = int(data["seconds"])
             return Response(204)
+        sub_route = self._admin_subscription_route(method, segments, data)
+        if sub_route is not None:
+            return sub_route
         return Response(
             404,
             {

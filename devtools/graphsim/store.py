@@ -10,6 +10,10 @@ Each calendar also keeps every event's past states (``history``: fields and inst
 by version), so a delta round can tell which instances a client saw at its cursor and announce
 the ones that are gone (``@removed``).
 
+Listeners registered with :meth:`Store.add_change_listener` hear every change ("created",
+"updated", "deleted"; a change to an instance of a series is "updated" of its master): the change
+notifications of ``subscriptions.py`` start there, so in-process edits through the store notify too.
+
 Identifiers imitate Exchange's: long base64 strings that are case-sensitive and contain ``-``
 and ``_`` (immutable ids, the form ``Prefer: IdType="ImmutableId"`` asks for); ``changeKey`` is a
 base64 string that changes on every edit; ``iCalUId`` is a hex Global Object Id, set by the
@@ -24,7 +28,7 @@ import secrets
 import threading
 import uuid
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -160,6 +164,11 @@ class User:
     calendars: dict[str, Calendar] = field(default_factory=dict)
 
 
+#: Called with ``("created" | "updated" | "deleted", event)`` after every event change, while the
+#: store lock is held: a listener must only take a snapshot and return (no I/O, no waiting).
+ChangeListener = Callable[[str, "StoredEvent"], None]
+
+
 class CalendarExists(Exception):
     """Another calendar of the mailbox already has that name (Graph: 409 ErrorFolderExists)."""
 
@@ -174,6 +183,17 @@ class Store:
         self._events: dict[str, StoredEvent] = {}
         self._by_transaction: dict[tuple[str, str], str] = {}
         self._seq = 0
+        self._listeners: list[ChangeListener] = []
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Register ``listener(change_type, event)``: called after every create, update and delete
+        of an event ("updated" on the series master for a change to one of its instances)."""
+        with self.lock:
+            self._listeners.append(listener)
+
+    def _changed(self, change_type: str, ev: StoredEvent) -> None:
+        for listener in list(self._listeners):
+            listener(change_type, ev)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -252,6 +272,7 @@ class Store:
             cal.remember(ev)
             if transaction_id:
                 self._by_transaction[(cal.user_id, transaction_id)] = ev.id
+            self._changed("created", ev)
             return ev
 
     def update_event(
@@ -272,6 +293,7 @@ class Store:
             if reset_overrides:
                 ev.overrides = {}
             self._touch(cal, ev)
+            self._changed("updated", ev)
             return ev
 
     def put_override(
@@ -293,6 +315,7 @@ class Store:
             override = Override(original, oid_date, fields, dict(extended), cal.version, now)
             master.overrides = {**master.overrides, override_key(original): override}
             self._touch(cal, master, now)
+            self._changed("updated", master)
             return override
 
     @staticmethod
@@ -311,6 +334,7 @@ class Store:
             cal.remember(ev, deleted=True)
             if ev.transaction_id:
                 self._by_transaction.pop((ev.user_id, ev.transaction_id), None)
+            self._changed("deleted", ev)
 
     def live_events(self, cal: Calendar) -> list[StoredEvent]:
         """The calendar's events in creation order."""

@@ -1,17 +1,21 @@
 """The state repository: users, pairings, item links, cursors, pending retries, run status.
 
 One interface, two implementations chosen by configuration: ``SQLiteStateStore`` (embedded
-default, ``state/sqlite.py``) and the Azure Table Storage store (a later issue). Records are
-plain dataclasses so both backends store the same fields. Nothing secret is ever stored here:
-credentials live in the secrets store and are referenced by name.
+default, ``state/sqlite.py``) and ``TableStateStore`` (Azure Table Storage, ``state/tables.py``).
+Records are plain dataclasses so both backends store the same fields. Nothing secret is ever
+stored here: credentials live in the secrets store and are referenced by name.
+
+Besides sync state the store coordinates the workers of one deployment (timer, webhook,
+queue worker, admin HTTP): a per-user *lease* so two syncs of one user never overlap, and a
+per-user *sync request* row that coalesces every trigger into at most one queued message.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -45,6 +49,10 @@ class UserRecord:
     enabled: bool = True
     auth_status: str = "unchecked"
     created_at: datetime = field(default_factory=utcnow)
+    #: The last failure outside any pairing's run (e.g. a sync request that went to the
+    #: poison queue), shown in status until the next successful run clears it.
+    last_error: str | None = None
+    last_error_at: datetime | None = None
 
     def caldav_secret_name(self) -> str:
         return "caldav-password-" + hashlib.sha256(self.upn.casefold().encode()).hexdigest()[:24]
@@ -140,6 +148,37 @@ class RunStatus:
     notices: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Subscription:
+    """One Microsoft Graph change-notification subscription (Graph ``subscription`` entity).
+
+    One per user on ``/users/{id}/events``, which covers every calendar of the mailbox
+    (Graph "Change notifications for Outlook resources": "changes to all events in a user's
+    mailbox"). Event subscriptions live at most 10,080 minutes and are renewed by PATCH.
+    """
+
+    subscription_id: str
+    upn: str
+    resource: str
+    expires_at: datetime
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class SyncRequest:
+    """A pending request to sync one user: at most one per user, so at most one queue message.
+
+    Every trigger that arrives while a request is pending is merged into it (``triggers``
+    gains the trigger, ``check_subscription`` is or-ed); the worker takes the request as it
+    starts, so changes arriving during a sync cause exactly one more sync.
+    """
+
+    upn: str
+    triggers: list[str] = field(default_factory=list)
+    check_subscription: bool = False
+    requested_at: datetime = field(default_factory=utcnow)
+
+
 class StateStore(Protocol):
     """Repository of sync state. Writes are per record, so a crash loses at most one item."""
 
@@ -155,6 +194,9 @@ class StateStore(Protocol):
     # item links
     def links(self, pairing_id: str) -> list[ItemLink]: ...
     def save_link(self, link: ItemLink) -> None: ...
+    def save_links(self, links: Sequence[ItemLink]) -> None:
+        """Save many links; on Table Storage in transactions of at most 100 per partition."""
+        ...
     def delete_link(self, pairing_id: str, uid: str) -> None: ...
 
     # cursors (delta link / sync token), saved only after a run's plan was applied
@@ -169,5 +211,33 @@ class StateStore(Protocol):
     # status
     def save_status(self, status: RunStatus) -> None: ...
     def get_status(self, pairing_id: str) -> RunStatus | None: ...
+
+    # Graph change-notification subscriptions (looked up by id on every notification)
+    def save_subscription(self, subscription: Subscription) -> None: ...
+    def get_subscription(self, subscription_id: str) -> Subscription | None: ...
+    def list_subscriptions(self, upn: str | None = None) -> list[Subscription]: ...
+    def delete_subscription(self, subscription_id: str) -> None: ...
+
+    # per-user coordination between the workers of one deployment
+    def request_sync(self, upn: str, trigger: str, *, check_subscription: bool = False,
+                     stale_after: timedelta = timedelta(minutes=15), now: datetime | None = None) -> bool:
+        """Record that ``upn`` needs a sync. True when no request was pending (or the pending
+        one is older than ``stale_after``, i.e. its message was lost): the caller enqueues a
+        message. False when merged into the pending request (nothing to enqueue). Atomic
+        across processes (etag / transaction)."""
+        ...
+
+    def take_sync_request(self, upn: str) -> SyncRequest | None:
+        """Remove and return the pending request of ``upn`` (the worker, as it starts)."""
+        ...
+
+    def try_lease(self, upn: str, owner: str, *, ttl: timedelta, now: datetime | None = None) -> bool:
+        """Take the per-user lease for ``owner`` if it is free, expired or already ``owner``'s.
+        Atomic across processes: of two concurrent callers at most one gets True."""
+        ...
+
+    def release_lease(self, upn: str, owner: str) -> None:
+        """Free the lease if ``owner`` still holds it (an expired, re-taken lease is left alone)."""
+        ...
 
     def close(self) -> None: ...

@@ -1,13 +1,17 @@
-"""Record <-> plain dict codec shared by every state backend (SQLite JSON, Table entities)."""
+"""Record <-> plain dict codec shared by every state backend (SQLite JSON, Table entities),
+plus the per-user coordination rules (lease, sync-request coalescing) both backends apply."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
+
+from sync_core.state.base import SyncRequest
 
 T = TypeVar("T")
 
@@ -49,3 +53,42 @@ def dumps(record: object) -> str:
 
 def loads(cls: type[T], raw: str) -> T:
     return from_dict(cls, json.loads(raw))
+
+
+# --- per-user coordination rules, shared by every backend ------------------------------------
+
+
+@dataclass
+class LeaseRecord:
+    """The per-user lease row: ``owner`` holds the user's sync until ``expires_at``."""
+
+    upn: str
+    owner: str
+    expires_at: datetime
+
+
+def lease_takeable(lease: LeaseRecord | None, owner: str, now: datetime) -> bool:
+    """A lease can be taken when there is none, it expired, or ``owner`` already holds it."""
+    return lease is None or lease.owner == owner or lease.expires_at <= now
+
+
+def merge_sync_request(existing: SyncRequest | None, upn: str, trigger: str, *, check_subscription: bool,
+                       now: datetime, stale_after: timedelta) -> tuple[SyncRequest, bool]:
+    """The request to store after ``trigger`` arrived, and whether the caller must enqueue.
+
+    No pending request: a new one, enqueue. A pending one: the trigger is merged in (once,
+    order kept; ``check_subscription`` or-ed); enqueue only if it is older than
+    ``stale_after`` (its message was lost), then it restarts at ``now`` keeping the merged
+    triggers, so nothing that asked for a sync is dropped.
+    """
+    if existing is None:
+        return SyncRequest(upn, [trigger], check_subscription, now), True
+    triggers = list(existing.triggers)
+    if trigger not in triggers:
+        triggers.append(trigger)
+    merged = SyncRequest(existing.upn, triggers, existing.check_subscription or check_subscription,
+                         existing.requested_at)
+    if now - existing.requested_at > stale_after:
+        merged.requested_at = now
+        return merged, True
+    return merged, False
