@@ -218,10 +218,13 @@ def record_poison(services: Services, body: bytes | str) -> dict[str, Any]:
     user = services.store.get_user(message.upn)
     if user is None:
         return {"result": "unknown user"}
+    # The crashed attempts left the request pending for their retries; drop it so the next
+    # trigger (timer tick, notification, admin) enqueues a fresh message at once.
+    services.store.take_sync_request(user.upn)
     before = f" (last: {user.last_error})" if user.last_error else ""
     _record_user_error(services, user.upn,
                        f"a {message.trigger} sync request failed 5 times and went to the poison queue{before}; "
-                       "the timer requests a new sync within 15 minutes")
+                       "the next timer tick tries again")
     return {"result": "recorded"}
 
 

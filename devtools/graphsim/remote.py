@@ -62,6 +62,9 @@ class RemoteGraphSim:
     def subscriptions(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "subscriptions")["value"])
 
+    def expire_subscription(self, subscription_id: str) -> None:
+        self._call("POST", f"subscriptions/{subscription_id}/expire")
+
     def send_lifecycle(self, subscription_id: str, event: str) -> bool:
         return bool(self._call("POST", f"subscriptions/{subscription_id}/lifecycle", {"event": event})["queued"])
 
