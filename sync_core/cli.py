@@ -129,7 +129,12 @@ def _sync(services: Services, args: argparse.Namespace) -> int:
     upns = [args.user] if args.user else [u.upn for u in services.store.list_users(enabled_only=True)]
     failed = 0
     for upn in upns:
-        outcome = services.sync_user(upn, dry_run=args.dry_run, trigger="manual")
+        with services.user_lease(upn) as held:
+            if not held:
+                print(f"{upn}: skipped, another sync of this user is running")
+                failed += 1
+                continue
+            outcome = services.sync_user(upn, dry_run=args.dry_run, trigger="manual")
         _print_outcome(outcome, dry_run=args.dry_run)
         failed += 0 if outcome.ok else 1
     return 1 if failed else 0

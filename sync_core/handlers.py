@@ -16,7 +16,6 @@ How one user's syncs are kept apart (Graph: "answer within 3 s", Functions: queu
 from __future__ import annotations
 
 import logging
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,8 +37,6 @@ from sync_core.webhooks import (
 
 log = logging.getLogger("davbridge.handlers")
 
-#: Longer than host.json's functionTimeout (10 min), so a crashed worker's lease runs out.
-LEASE_TTL = timedelta(minutes=12)
 #: A pending request older than this lost its message: the next trigger enqueues a new one.
 REQUEST_STALE_AFTER = timedelta(minutes=15)
 #: At most this many distinct subscriptions are looked up per notification POST.
@@ -156,8 +153,7 @@ def _subscription_upkeep(services: Services, users: list[UserRecord], subs: list
 
 
 # -- queue worker ----------------------------------------------------------------------------------
-def run_queued_sync(services: Services, body: bytes | str, *, owner: str | None = None,
-                    busy_retry_seconds: int = 30) -> dict[str, Any]:
+def run_queued_sync(services: Services, body: bytes | str, *, busy_retry_seconds: int = 30) -> dict[str, Any]:
     """Sync the user named by one queue message, under the user's lease.
 
     Raises only when the sync itself crashed (not a recorded pairing failure): the host then
@@ -173,13 +169,12 @@ def run_queued_sync(services: Services, body: bytes | str, *, owner: str | None 
     if user is None or not user.enabled:
         store.take_sync_request(message.upn)
         return {"result": "skipped"}
-    owner = owner or uuid.uuid4().hex
-    if not store.try_lease(user.upn, owner, ttl=LEASE_TTL):
-        # Another sync of this user is running: keep the pending request alive and come back.
-        store.request_sync(user.upn, "retry", stale_after=REQUEST_STALE_AFTER)
-        services.queue.send(SyncMessage(user.upn, "retry"), delay_seconds=busy_retry_seconds)
-        return {"result": "busy"}
-    try:
+    with services.user_lease(user.upn) as held:
+        if not held:
+            # Another sync of this user is running: keep the pending request alive and come back.
+            store.request_sync(user.upn, "retry", stale_after=REQUEST_STALE_AFTER)
+            services.queue.send(SyncMessage(user.upn, "retry"), delay_seconds=busy_retry_seconds)
+            return {"result": "busy"}
         request = store.take_sync_request(user.upn)
         if request is None:  # another run already served it (or a duplicate delivery)
             return {"result": "already-synced"}
@@ -193,8 +188,6 @@ def run_queued_sync(services: Services, body: bytes | str, *, owner: str | None 
         if problem:
             _record_user_error(services, user.upn, problem)
         return {"result": "synced", "ok": outcome.ok, "triggers": request.triggers}
-    finally:
-        store.release_lease(user.upn, owner)
 
 
 def _check_subscription(services: Services, upn: str) -> str | None:
@@ -316,13 +309,10 @@ def sync_now(services: Services, upn: str, *, wait: bool = False) -> tuple[int, 
     if not wait:
         sent = request_user_sync(services, user.upn, "manual")
         return 202, {"user": user.upn, "queued": True, "merged_with_pending": not sent}
-    owner = uuid.uuid4().hex
-    if not services.store.try_lease(user.upn, owner, ttl=LEASE_TTL):
-        return 409, {"user": user.upn, "error": "a sync of this user is running; try again shortly"}
-    try:
+    with services.user_lease(user.upn) as held:
+        if not held:
+            return 409, {"user": user.upn, "error": "a sync of this user is running; try again shortly"}
         outcome = services.sync_user(user.upn, trigger="manual")
-    finally:
-        services.store.release_lease(user.upn, owner)
     return (200 if outcome.ok else 502), outcome_json(outcome)
 
 

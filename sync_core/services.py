@@ -11,8 +11,10 @@ import logging
 import secrets as token_source
 import threading
 import time
-from collections.abc import Mapping
-from datetime import datetime
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 from sync_core.apply import WriteHook
 from sync_core.convert.recurrence import graph_unsupported_reason
@@ -31,6 +33,9 @@ from sync_core.subscriptions import GraphSubscriptions
 from sync_core.webhooks import client_state
 
 log = logging.getLogger("davbridge.services")
+
+#: Longer than host.json's functionTimeout (10 min), so a crashed worker's lease runs out.
+LEASE_TTL = timedelta(minutes=12)
 
 
 class Services:
@@ -201,6 +206,19 @@ class Services:
             except DavbridgeError as exc:
                 log.warning("could not delete the subscription of a disabled user yet: %s", type(exc).__name__)
         return user
+
+    @contextmanager
+    def user_lease(self, upn: str) -> Iterator[bool]:
+        """Hold ``upn``'s lease for the block (yields False, holding nothing, when another
+        sync of the user — timer, webhook, admin or CLI — holds it)."""
+        owner = uuid.uuid4().hex
+        if not self.store.try_lease(upn, owner, ttl=LEASE_TTL):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.store.release_lease(upn, owner)
 
     def sync_user(self, upn: str, *, dry_run: bool = False, trigger: str = "manual",
                   on_write: WriteHook | None = None) -> UserOutcome:

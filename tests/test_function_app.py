@@ -122,7 +122,7 @@ def test_notifications_are_checked_and_coalesced_into_one_queue_message(embedded
     assert request is not None and request.triggers == ["webhook"]
 
     # Spoofed: wrong clientState, unknown subscription, garbage, oversized -> nothing queued.
-    assert _post("graph_notifications", _notification(sub_id, state[:-1] + "A")).status_code == 202
+    assert _post("graph_notifications", _notification(sub_id, state[:-1] + ("B" if state.endswith("A") else "A"))).status_code == 202
     assert _post("graph_notifications", _notification("00000000-0000-0000-0000-000000000000", state)).status_code == 202
     assert _post("graph_notifications", b"<xml/>").status_code == 400
     assert _post("graph_notifications", b'{"value": "x"}').status_code == 400
@@ -250,3 +250,15 @@ def test_admin_status_handler(embedded: Services) -> None:
     assert body["user"] == ADA and body["pairings"][0]["last_run"] is None and body["last_error"] is None
     missing = handler(func.HttpRequest("GET", "/x", body=b"", route_params={"upn": "nobody@contoso.test"}))
     assert missing.status_code == 404
+
+
+def test_cli_sync_respects_the_lease_of_a_running_sync(embedded: Services, capsys: pytest.CaptureFixture[str]) -> None:
+    from sync_core import cli
+
+    assert embedded.store.try_lease(ADA, "queue-worker", ttl=timedelta(minutes=5))
+    assert cli.main(["sync", "--user", ADA]) == 1
+    assert "skipped, another sync of this user is running" in capsys.readouterr().out
+    assert embedded.store.get_status("p1") is None  # nothing ran
+    embedded.store.release_lease(ADA, "queue-worker")
+    cli.main(["sync", "--user", ADA])
+    assert embedded.store.get_status("p1") is not None
