@@ -122,7 +122,8 @@ def test_notifications_are_checked_and_coalesced_into_one_queue_message(embedded
     assert request is not None and request.triggers == ["webhook"]
 
     # Spoofed: wrong clientState, unknown subscription, garbage, oversized -> nothing queued.
-    assert _post("graph_notifications", _notification(sub_id, state[:-1] + ("B" if state.endswith("A") else "A"))).status_code == 202
+    forged = state[:-1] + ("B" if state.endswith("A") else "A")
+    assert _post("graph_notifications", _notification(sub_id, forged)).status_code == 202
     assert _post("graph_notifications", _notification("00000000-0000-0000-0000-000000000000", state)).status_code == 202
     assert _post("graph_notifications", b"<xml/>").status_code == 400
     assert _post("graph_notifications", b'{"value": "x"}').status_code == 400
