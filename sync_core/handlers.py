@@ -230,7 +230,7 @@ def _validation(token: str) -> WebResponse:
     return WebResponse(200, answer, "text/plain", {"X-Content-Type-Options": "nosniff"})
 
 
-def _verified(services: Services, items: list[Notification]) -> tuple[list[tuple[Notification, str]], int]:
+def _verified(services: Services, items: list[Notification]) -> list[tuple[Notification, str]]:
     """Items whose subscription is ours and whose clientState matches its user."""
     key = services.client_state_key()
     accepted: list[tuple[Notification, str]] = []
@@ -251,25 +251,26 @@ def _verified(services: Services, items: list[Notification]) -> tuple[list[tuple
         accepted.append((item, upn))
     if rejected:
         log.info("ignored %d notification item(s): unknown subscription or wrong clientState", rejected)
-    return accepted, rejected
+    return accepted
 
 
-def _read_notifications(body: bytes) -> list[Notification] | WebResponse:
+def _accepted(services: Services, params: dict[str, str], body: bytes) -> WebResponse | list[tuple[Notification, str]]:
+    """The answer to send at once (validation handshake, bad body), or the verified items."""
+    if "validationToken" in params:
+        return _validation(params["validationToken"])
     try:
-        return parse_notifications(body)
+        items = parse_notifications(body)
     except BadNotification as exc:
         return WebResponse(413 if "too large" in str(exc) else 400, "not a change notification")
+    return _verified(services, items)
 
 
 def graph_notifications(services: Services, params: dict[str, str], body: bytes) -> WebResponse:
     """POST from Graph: validation handshake, or change notifications -> coalesced, debounced
     sync requests, answered 202 at once (Graph wants 2xx within 3 s)."""
-    if "validationToken" in params:
-        return _validation(params["validationToken"])
-    items = _read_notifications(body)
-    if isinstance(items, WebResponse):
-        return items
-    accepted, _ = _verified(services, items)
+    accepted = _accepted(services, params, body)
+    if isinstance(accepted, WebResponse):
+        return accepted
     for upn in sorted({upn for _, upn in accepted}):
         # Graph sends a burst per change (a create fires created + updated): wait a few
         # seconds so the whole burst is one sync, and changes during that sync one more.
@@ -281,12 +282,9 @@ def graph_lifecycle(services: Services, params: dict[str, str], body: bytes) -> 
     """Lifecycle notifications (Graph "Reduce missing subscriptions and change notifications"):
     ``reauthorizationRequired`` -> renew, ``subscriptionRemoved`` -> recreate then resync,
     ``missed`` -> resync. The worker does the Graph calls; this only records and enqueues."""
-    if "validationToken" in params:
-        return _validation(params["validationToken"])
-    items = _read_notifications(body)
-    if isinstance(items, WebResponse):
-        return items
-    accepted, _ = _verified(services, items)
+    accepted = _accepted(services, params, body)
+    if isinstance(accepted, WebResponse):
+        return accepted
     for item, upn in accepted:
         if item.lifecycle_event == "subscriptionRemoved":
             services.store.delete_subscription(item.subscription_id)
