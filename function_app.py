@@ -6,17 +6,19 @@
   ``sync_poison`` records messages that failed ``maxDequeueCount`` times (host.json).
 - ``graph_notifications`` / ``graph_lifecycle``: Graph webhooks (anonymous; authenticated by
   the HMAC ``clientState`` of every item), answered 202 at once.
-- ``admin_sync_now`` / ``admin_status``: function-key protected admin endpoints for one user.
+- ``admin_api`` (``/api/admin/...``, function key): the admin operations of the CLI
+  (``sync_core/admin_http.py``).
+- ``auth_start`` / ``auth_callback``: the delegated sign-in of one user (auth-code flow; the
+  start link is signed, the callback checks msal's state).
 """
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 import azure.functions as func
 
-from sync_core import handlers
+from sync_core import admin_http, handlers
 from sync_core.services import Services
 from sync_core.settings import Settings
 
@@ -30,10 +32,6 @@ STORAGE_CONNECTION = "AzureWebJobsStorage"
 def services() -> Services:
     """One set of clients per worker process (msal, HTTP sessions and caches are reused)."""
     return Services(Settings.from_env())
-
-
-def _json(status: int, body: object) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
 
 
 def _web(resp: handlers.WebResponse) -> func.HttpResponse:
@@ -67,12 +65,18 @@ def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
     return _web(handlers.graph_lifecycle(services(), dict(req.params), req.get_body()))
 
 
-@app.route(route="admin/users/{upn}/sync", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-def admin_sync_now(req: func.HttpRequest) -> func.HttpResponse:
-    wait = req.params.get("wait", "").lower() in ("1", "true", "yes")
-    return _json(*handlers.sync_now(services(), req.route_params["upn"], wait=wait))
+@app.route(route="admin/{*path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+           auth_level=func.AuthLevel.FUNCTION)
+def admin_api(req: func.HttpRequest) -> func.HttpResponse:
+    return _web(admin_http.handle(services(), req.method, req.route_params.get("path", ""), dict(req.params),
+                                  req.get_body()))
 
 
-@app.route(route="admin/users/{upn}/status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-def admin_status(req: func.HttpRequest) -> func.HttpResponse:
-    return _json(*handlers.user_status(services(), req.route_params["upn"]))
+@app.route(route="auth/start", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def auth_start(req: func.HttpRequest) -> func.HttpResponse:
+    return _web(handlers.delegated_start(services(), dict(req.params)))
+
+
+@app.route(route="auth/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def auth_callback(req: func.HttpRequest) -> func.HttpResponse:
+    return _web(handlers.delegated_callback(services(), dict(req.params)))

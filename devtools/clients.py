@@ -53,6 +53,9 @@ class GraphUserApp:
     def get(self, upn: str, event_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/users/{upn}/events/{event_id}").json())
 
+    def calendars(self, upn: str) -> list[dict[str, Any]]:
+        return self._all_pages(f"/users/{upn}/calendars")
+
     def instances(self, upn: str, event_id: str, start: str, end: str) -> list[dict[str, Any]]:
         """Occurrences and exceptions of a series between two ISO instants (all pages)."""
         return self._all_pages(f"/users/{upn}/events/{event_id}/instances?startDateTime={start}&endDateTime={end}")

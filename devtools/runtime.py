@@ -30,6 +30,7 @@ from devtools.clients import CalDAVUserApp, GraphUserApp
 from devtools.funchost import FunctionHost
 from devtools.graphsim.remote import RemoteGraphSim
 from devtools.servers import AzuriteServer, CalDAVServer
+from sync_core import admin
 from sync_core.services import Services
 
 TENANT, CLIENT_ID, SECRET = "contoso-e2e", "davbridge-e2e", "e2e-app-secret"
@@ -132,8 +133,10 @@ class AzureRuntime:
             upn = f"{name}-{self.suffix}@contoso.test"
             sim.add_user(upn)
             calendar = self.caldav.new_calendar(f"rt {name} {self.suffix}")
-            self.services.add_user(upn, caldav_url=self.caldav.url, caldav_username=self.caldav.username,
-                                   caldav_password=self.caldav.password, caldav_calendar=calendar)
+            report = admin.add_user(self.services, upn, caldav_url=self.caldav.url,
+                                    caldav_username=self.caldav.username, caldav_password=self.caldav.password,
+                                    caldav_calendar=calendar)
+            assert report.ok, report.user.auth_status
             self.calendars[upn] = CalDAVUserApp(self.caldav, calendar)
 
     def _observe_syncs(self) -> None:

@@ -12,7 +12,9 @@ given ``workdir`` and is stopped -- with all its children -- by ``stop()``)::
 
 ``CalDAVServer.url`` is the base URL to hand to a CalDAV client (principal
 discovery works from it, with basic auth sent up front); ``calendar_url`` is an
-existing empty calendar; ``new_calendar(name)`` MKCALENDARs another empty one.
+existing empty calendar; ``new_calendar(name)`` MKCALENDARs another empty one;
+``new_readonly_calendar(name, events=())`` makes one in the user's calendar home that
+the user may read but not write (None where the server cannot express that: Xandikos).
 Start-up is bounded (``DEFAULT_START_TIMEOUT``); a server that does not come up
 raises ``ServerStartError`` carrying the tail of its log.  Every started server
 is also registered for an ``atexit`` stop, and its main process gets
@@ -107,6 +109,23 @@ sync-collection (RFC 6578), all three support it
   * ``C:limit`` in calendar-query: Radicale ignores it, Xandikos 400 ("Unknown
     tag"), Cyrus ignores it.
 
+Read-only calendars (``READONLY_CALENDARS``; what DAV:current-user-privilege-set, RFC 3744
+5.4, then says for the user)
+  * Radicale: rights ``type = from_file`` reproducing ``owner_only`` plus one rule: the user
+    may only read (``r``) collections ``<user>/readonly-*``; a second htpasswd user, the
+    *curator*, creates and fills them. Reported privileges: ``read``, ``read-free-busy``
+    (writable calendars: ``all``, ``write``, ``write-properties``, ``write-content``, ...).
+    A PUT by the user there answers 403.
+  * Cyrus: the user MKCALENDARs it, then replaces its ACL with the RFC 3744 ACL method,
+    granting ``<D:self/>`` only ``D:read`` (Cyrus maps it to IMAP rights ``lr``; a
+    ``D:href`` principal is refused with ``recognized-principal``). The owner keeps its
+    implicit rights, so the set is ``read``, ``read-free-busy``, ``CY:make-collection``,
+    ``CY:remove-collection``, ``CY:write-properties-resource``, ``CY:admin``: no
+    ``write-content``, ``bind`` or ``unbind``. A PUT answers 403 ``need-privileges``.
+  * Xandikos 0.4 has no access control: every collection reports ``DAV:all``
+    (``xandikos/access.py``, "TODO: Use something other than all") and accepts writes, so no
+    read-only calendar can exist there.
+
 Cyrus set-up specifics: the user only gets a calendar home after its IMAP INBOX
 exists (before that an authenticated PROPFIND answers 500), hence the harness logs
 in once over IMAP (``autocreate_quota: 0``) and then touches the calendar home,
@@ -175,6 +194,13 @@ SYNC_LIMIT: dict[str, str] = {"radicale": "ignored", "xandikos": "truncates", "c
 DUPLICATE_UID_OTHER_CALENDAR: dict[str, int] = {"radicale": 201, "xandikos": 201, "cyrus": 403}
 #: Whether ``@`` in a resource name comes back percent-encoded (``%40``) in hrefs.
 HREF_AT_SIGN_ENCODED: dict[str, bool] = {"radicale": True, "xandikos": False, "cyrus": False}
+#: Whether ``CalDAVServer.new_readonly_calendar`` can make a calendar the user may only read.
+READONLY_CALENDARS: dict[str, bool] = {"radicale": True, "xandikos": False, "cyrus": True}
+
+#: Radicale's second user, which creates (and fills) the test user's read-only calendars.
+RADICALE_CURATOR = "davbridge-curator"
+#: Name prefix of read-only calendars (Radicale's rights file matches it).
+READONLY_PREFIX = "readonly-"
 
 _DAV = "DAV:"
 _CALDAV = "urn:ietf:params:xml:ns:caldav"
@@ -295,8 +321,8 @@ def _slug(name: str) -> str:
     return f"{s or 'cal'}-{uuid.uuid4().hex[:8]}"
 
 
-def _mkcalendar(home_url: str, name: str, auth: tuple[str, str]) -> str:
-    url = urljoin(home_url, _slug(name) + "/")
+def _mkcalendar(home_url: str, name: str, auth: tuple[str, str], *, prefix: str = "") -> str:
+    url = urljoin(home_url, prefix + _slug(name) + "/")
     body = (
         '<?xml version="1.0" encoding="utf-8"?>'
         f'<C:mkcalendar xmlns:D="DAV:" xmlns:C="{_CALDAV}"><D:set><D:prop>'
@@ -457,6 +483,8 @@ class CalDAVServer:
     startup_seconds: float = 0.0
     _proc: _ManagedProcess | None = field(default=None, repr=False)
     _cleanup: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    #: Radicale: (user, password) of the curator that owns the read-only calendars' content.
+    curator_auth: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -465,6 +493,41 @@ class CalDAVServer:
     def new_calendar(self, name: str) -> str:
         """MKCALENDAR a new empty calendar (display name ``name``) and return its URL."""
         return _mkcalendar(self.calendar_home_url, name, self.auth)
+
+    def new_readonly_calendar(self, name: str, *, events: Iterable[str] = ()) -> str | None:
+        """A new calendar in the user's home that the user may read but not write, holding
+        ``events`` (iCalendar texts, stored as ``event-<n>.ics``); its URL, or None when this
+        server cannot make one (``READONLY_CALENDARS``; see the module docstring for how)."""
+        if self.kind == "radicale" and self.curator_auth is not None:
+            url = _mkcalendar(self.calendar_home_url, name, self.curator_auth, prefix=READONLY_PREFIX)
+            self._put_events(url, events, self.curator_auth)
+            return url
+        if self.kind == "cyrus":
+            url = _mkcalendar(self.calendar_home_url, name, self.auth, prefix=READONLY_PREFIX)
+            self._put_events(url, events, self.auth)
+            acl = (
+                '<?xml version="1.0" encoding="utf-8"?><D:acl xmlns:D="DAV:"><D:ace>'
+                "<D:principal><D:self/></D:principal><D:grant><D:privilege><D:read/></D:privilege></D:grant>"
+                "</D:ace></D:acl>"
+            )
+            res = dav_request("ACL", url, auth=self.auth, body=acl)
+            if res.status != 200:
+                raise RuntimeError(f"ACL {url} -> {res.status}: {res.text[:500]}")
+            return url
+        return None
+
+    @staticmethod
+    def _put_events(url: str, events: Iterable[str], auth: tuple[str, str]) -> None:
+        for n, ics in enumerate(events):
+            res = dav_request(
+                "PUT",
+                urljoin(url, f"event-{n}.ics"),
+                auth=auth,
+                body=ics,
+                headers={"Content-Type": "text/calendar; charset=utf-8", "If-None-Match": "*"},
+            )
+            if res.status not in (201, 204):
+                raise RuntimeError(f"PUT {url}event-{n}.ics -> {res.status}: {res.text[:500]}")
 
     def request(self, method: str, url: str, **kwargs: Any) -> HTTPResult:
         """``dav_request`` with this server's credentials; ``url`` may be relative to ``self.url``."""
@@ -517,13 +580,20 @@ def start_radicale(
     password: str = DEFAULT_PASSWORD,
     timeout: float = DEFAULT_START_TIMEOUT,
 ) -> CalDAVServer:
-    """Radicale (``python -m radicale`` from this interpreter) with htpasswd auth (plain)."""
+    """Radicale (``python -m radicale`` from this interpreter) with htpasswd auth (plain).
+
+    Rights are ``owner_only`` written as a ``from_file`` rights file, plus read-only
+    ``<user>/readonly-*`` calendars that the curator user (``RADICALE_CURATOR``) writes.
+    """
     t0 = time.monotonic()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    curator = (RADICALE_CURATOR, uuid.uuid4().hex)
     users = workdir / "users"
-    users.write_text(f"{username}:{password}\n")
+    users.write_text(f"{username}:{password}\n{curator[0]}:{curator[1]}\n")
+    rights = workdir / "rights"
+    rights.write_text(_radicale_rights(curator[0]))
     config = workdir / "radicale.conf"
     config.write_text(
         "\n".join(
@@ -536,7 +606,8 @@ def start_radicale(
                 "htpasswd_encryption = plain",  # no bcrypt/passlib dependency
                 "delay = 0.01",  # failed-login penalty; keep tests fast
                 "[rights]",
-                "type = owner_only",
+                "type = from_file",
+                f"file = {rights}",
                 "[storage]",
                 f"filesystem_folder = {workdir / 'collections'}",
                 "[web]",
@@ -580,7 +651,25 @@ def start_radicale(
         log_path=proc.log_path,
         startup_seconds=time.monotonic() - t0,
         _proc=proc,
+        curator_auth=curator,
     )
+
+
+def _radicale_rights(curator: str) -> str:
+    """Radicale's ``owner_only`` (rights/owner_only.py) as a from_file rights file, plus the
+    read-only calendars. The first section matching user and collection wins."""
+    ro = re.escape(READONLY_PREFIX) + "[^/]+"
+    sections = [
+        ("root", ".+", "", "R"),  # list the root, nothing else
+        ("readonly-calendars", ".+", "{user}/" + ro, "r"),  # the user may only read these
+        ("curator-writes-readonly-calendars", re.escape(curator), "[^/]+/" + ro, "rw"),
+        ("principal", ".+", "{user}", "RW"),  # the own principal collection
+        ("own-collections", ".+", "{user}/[^/]+", "rw"),  # the own calendars and address books
+    ]
+    lines = ["# Generated by devtools/servers.py: owner_only plus read-only calendars."]
+    for name, user, collection, permissions in sections:
+        lines += [f"[{name}]", f"user: {user}", f"collection: {collection}", f"permissions: {permissions}", ""]
+    return "\n".join(lines)
 
 
 def start_xandikos(

@@ -8,16 +8,16 @@ make that re-read a no-op for what was already done.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sync_core.apply import ApplyResult, WriteHook, apply_plan
 from sync_core.errors import DavbridgeError
-from sync_core.reconcile import PairingRules, Plan, reconcile
-from sync_core.sides.base import ChangeBatch, Side, SideName
-from sync_core.state.base import ItemLink, Pairing, RunStatus, StateStore, UserRecord, utcnow
+from sync_core.reconcile import Action, CreateOn, DeleteOn, PairingRules, Plan, UpdateOn, reconcile
+from sync_core.sides.base import ChangeBatch, Side, SideName, WriteResult
+from sync_core.state.base import AuditEntry, ItemLink, Pairing, RunStatus, StateStore, UserRecord, utcnow
 
 log = logging.getLogger("davbridge.engine")
 
@@ -59,9 +59,14 @@ def sync_window(pairing: Pairing, now: datetime) -> tuple[datetime, datetime]:
     return day - timedelta(days=pairing.window_past_days), day + timedelta(days=pairing.window_future_days + 1)
 
 
+PlanHook = Callable[[Plan], None]
+
+
 def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime | None = None,
-              dry_run: bool = False, on_write: WriteHook | None = None) -> UserOutcome:
-    """Sync every pairing of one user. A failing pairing is recorded and the others go on."""
+              dry_run: bool = False, on_write: WriteHook | None = None, trigger: str = "manual",
+              on_plan: PlanHook | None = None) -> UserOutcome:
+    """Sync every pairing of one user. A failing pairing is recorded and the others go on.
+    Every write is recorded in the audit log with ``trigger``."""
     now = now or utcnow()
     user = store.get_user(upn)
     if user is None:
@@ -74,25 +79,84 @@ def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime 
         except DavbridgeError as exc:
             result = PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
         else:
-            result = sync_pairing(pairing, opened, store, window=window, dry_run=dry_run, on_write=on_write)
+            audit = None if dry_run else AuditTrail(user.upn, pairing.pairing_id, trigger)
+            result = sync_pairing(pairing, opened, store, window=window, dry_run=dry_run, on_write=on_write,
+                                  on_plan=on_plan, now=now, audit=audit)
         if not dry_run:
             _save_status(store, user, result, started=now)
         outcome.pairings.append(result)
-    if outcome.ok and not dry_run and user.last_error:
-        fresh = store.get_user(user.upn)
-        if fresh is not None and fresh.last_error:
-            fresh.last_error = fresh.last_error_at = None  # a clean run settles an earlier failure
-            store.save_user(fresh)
+    if not dry_run:
+        _settle_user_status(store, user, outcome)
     return outcome
+
+
+def _settle_user_status(store: StateStore, user: UserRecord, outcome: UserOutcome) -> None:
+    """A clean run clears an earlier error and proves the credentials; a refused credential
+    shows as ``authentication failed: <reason>`` (status, cyzen-style)."""
+    refused = next((p.error for p in outcome.pairings if p.error and p.error.startswith("AuthenticationFailed")),
+                   None)
+    if outcome.ok:
+        wanted_error, wanted_auth = None, "authenticated" if outcome.pairings else user.auth_status
+    else:
+        wanted_error = user.last_error
+        wanted_auth = ("authentication failed: " + refused.split(": ", 1)[-1]) if refused else user.auth_status
+    if user.auth_status == "revoked" or (wanted_error, wanted_auth) == (user.last_error, user.auth_status):
+        return
+    fresh = store.get_user(user.upn)
+    if fresh is None:
+        return
+    if outcome.ok:
+        fresh.last_error = fresh.last_error_at = None
+    fresh.auth_status = wanted_auth
+    store.save_user(fresh)
+
+
+class AuditTrail:
+    """Collects one :class:`AuditEntry` per write of a run; saved even when the run fails."""
+
+    def __init__(self, upn: str, pairing_id: str, trigger: str) -> None:
+        self.upn, self.pairing_id, self.trigger = upn, pairing_id, trigger
+        self.entries: list[AuditEntry] = []
+
+    def record(self, action: Action, written: WriteResult | None) -> None:
+        if not isinstance(action, CreateOn | UpdateOn | DeleteOn):
+            return
+        side = action.target
+        before = action.link.m365_fingerprint if side is SideName.M365 else action.link.caldav_fingerprint
+        kind = "create" if isinstance(action, CreateOn) else "update" if isinstance(action, UpdateOn) else "delete"
+        self.entries.append(AuditEntry(
+            self.upn, self.pairing_id, side.value, kind,
+            written.id if written is not None else action.link.id_on(side),
+            None if kind == "create" else before,
+            written.event.fingerprint() if written is not None else None, self.trigger))
+
+    def flush(self, store: StateStore) -> None:
+        if self.entries:
+            store.append_audit(self.entries)
+            self.entries = []
+
+
+def _pairing_rules(pairing: Pairing, store: StateStore, window: tuple[datetime, datetime] | None,
+                   now: datetime | None) -> PairingRules:
+    pid = pairing.pairing_id
+    first_sync = all(store.get_cursor(pid, side.value) is None for side in SideName)
+    read_only = frozenset(side for side, flag in ((SideName.M365, pairing.m365_read_only),
+                                                  (SideName.CALDAV, pairing.caldav_read_only)) if flag)
+    return PairingRules(pid, pairing.direction, pairing.conflict_policy,
+                        window[0] if window else None, window[1] if window else None,
+                        read_only=read_only,
+                        first_sync_cap=pairing.first_sync_cap if first_sync else None,
+                        reference_time=now, only_changes_after=pairing.only_changes_after,
+                        privacy_title=pairing.privacy_title)
 
 
 def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore, *,
                  window: tuple[datetime, datetime] | None = None, dry_run: bool = False,
-                 on_write: WriteHook | None = None) -> PairingOutcome:
+                 on_write: WriteHook | None = None, on_plan: PlanHook | None = None,
+                 now: datetime | None = None, audit: AuditTrail | None = None) -> PairingOutcome:
     """Read, reconcile, apply one pairing. Errors are returned in the outcome, not raised."""
     pid = pairing.pairing_id
-    rules = PairingRules(pid, pairing.direction, pairing.conflict_policy,
-                         window[0] if window else None, window[1] if window else None)
+    rules = _pairing_rules(pairing, store, window, now)
     try:
         links = store.links(pid)
         known: dict[SideName, dict[str, str | None]] = {
@@ -109,18 +173,40 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
         retried = _reread_pending(pairing, sides, store, batches)
         _restore_deleted_mirrors(rules, links, sides, batches)
         plan = reconcile(rules, links, batches[SideName.M365], batches[SideName.CALDAV])
+        if on_plan is not None:
+            on_plan(plan)
         if dry_run:
             return PairingOutcome(pairing, plan=plan)
         _clear_resolved_pending(pid, store, batches, retried)
-        applied = apply_plan(plan, sides, store, on_write=on_write)
+        try:
+            applied = apply_plan(plan, sides, store, on_write=_hooks(on_write, audit))
+        finally:
+            if audit is not None:
+                audit.flush(store)
         for side, batch in batches.items():
             store.save_cursor(pid, side.value, batch.cursor)
         log.info("pairing %s synced: %s", pid, applied.counts or "no changes")
         notices, reread = _notices(batches)
+        if plan.over_first_sync_cap:
+            notices["first sync"] = (f"{plan.over_first_sync_cap} older or later events were not copied "
+                                     f"(first-sync cap {pairing.first_sync_cap}); they sync once they change")
         return PairingOutcome(pairing, plan=plan, applied=applied, notices=notices, reread=reread)
     except DavbridgeError as exc:
         log.warning("pairing %s failed: %s: %s", pid, type(exc).__name__, exc)
         return PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
+
+
+def _hooks(on_write: WriteHook | None, audit: AuditTrail | None) -> WriteHook | None:
+    if audit is None:
+        return on_write
+    if on_write is None:
+        return audit.record
+
+    def both(action: Action, written: WriteResult | None) -> None:
+        audit.record(action, written)
+        on_write(action, written)
+
+    return both
 
 
 #: At most this many notices are kept in a pairing's status.

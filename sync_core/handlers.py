@@ -341,3 +341,35 @@ def user_status(services: Services, upn: str) -> tuple[int, dict[str, Any]]:
         "subscription_expires": expiry.isoformat() if expiry else None,
         "pairings": pairings,
     }
+
+
+# -- delegated sign-in ---------------------------------------------------------------------------
+def delegated_start(services: Services, params: dict[str, str]) -> WebResponse:
+    """GET auth/start?upn&exp&sig (the signed link from ``davbridge users auth-link``): 302 to
+    the Microsoft sign-in page (auth-code flow with PKCE; msal keeps the flow 15 minutes)."""
+    upn, expires, signature = params.get("upn", ""), params.get("exp", ""), params.get("sig", "")
+    if not upn or not services.sign_in_link_valid(upn, expires, signature):
+        return WebResponse(403, "This sign-in link is not valid or has expired; ask your administrator for a new one.")
+    user = services.store.get_user(upn)
+    auth = services.delegated()
+    if user is None or user.auth_mode != "delegated" or auth is None:
+        return WebResponse(404, "This mailbox is not set up for delegated sign-in.")
+    url, _state = auth.start(user.upn)
+    return WebResponse(302, "", "text/plain", {"Location": url, "Cache-Control": "no-store"})
+
+
+def delegated_callback(services: Services, params: dict[str, str]) -> WebResponse:
+    """GET auth/callback?code&state (Microsoft's redirect): keep the user's token cache in the
+    secrets store, then check both sides so status says ``authenticated``."""
+    auth = services.delegated()
+    if auth is None:
+        return WebResponse(404, "Delegated sign-in is not configured.")
+    try:
+        upn = auth.finish(params)
+    except DavbridgeError as exc:
+        return WebResponse(400, f"Sign-in did not complete: {exc}")
+    from sync_core import admin  # admin imports handlers' neighbours; keep the import local
+
+    user = admin.check_user(services, upn)
+    return WebResponse(200, f"Signed in as {user.upn}: {user.auth_status}. You can close this page.",
+                       "text/plain", {"Cache-Control": "no-store"})

@@ -199,6 +199,16 @@ class Event:
     def with_uid(self, uid: str | None) -> Event:
         return replace(self, uid=uid)
 
+    def as_busy_block(self, title: str) -> Event:
+        """A privacy copy: the same times (and series shape) as a private busy block with
+        ``title`` and nothing else — no description, place, people, link or categories."""
+        def block(event: Event) -> Event:
+            return replace(event, subject=title, body_text="", body_html=None, location="",
+                           show_as=ShowAs.BUSY if event.show_as is ShowAs.FREE else event.show_as,
+                           sensitivity=Sensitivity.PRIVATE, categories=(), importance=Importance.NORMAL,
+                           online_meeting_url="", organizer=None, attendees=(), extra=())
+        return replace(block(self), overrides=tuple(replace(o, event=block(o.event)) for o in self.overrides))
+
     def clipped(self, start: datetime, end: datetime) -> Event:
         """This series with only the exdates and overrides whose recurrence id is in the window."""
         if not self.exdates and not self.overrides:

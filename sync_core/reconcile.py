@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time
 
 from sync_core.errors import MassDeletion
 from sync_core.model import Event
@@ -100,6 +100,8 @@ Action = CreateOn | UpdateOn | DeleteOn | SaveLink | DropLink | Quarantine
 @dataclass
 class Plan:
     actions: list[Action] = field(default_factory=list)
+    #: New events not copied because the first-sync cap was reached.
+    over_first_sync_cap: int = 0
 
     def writes(self) -> list[Action]:
         return [a for a in self.actions if isinstance(a, CreateOn | UpdateOn | DeleteOn)]
@@ -123,8 +125,20 @@ class PairingRules:
     policy: ConflictPolicy = ConflictPolicy.NEWEST_WINS
     window_start: datetime | None = None
     window_end: datetime | None = None
+    #: Sides whose calendar cannot be written (CalDAV privileges, Graph canEdit): never written.
+    read_only: frozenset[SideName] = frozenset()
+    #: First sync only (no cursor saved yet): at most this many creates, upcoming first.
+    first_sync_cap: int | None = None
+    #: "Now" for the first-sync order (reconcile reads no clock).
+    reference_time: datetime | None = None
+    #: Only events modified at or after this instant are copied as new.
+    only_changes_after: datetime | None = None
+    #: Copies are busy-only blocks with this title.
+    privacy_title: str | None = None
 
     def writes_to(self, side: SideName) -> bool:
+        if side in self.read_only:
+            return False
         if self.direction is Direction.TWO_WAY:
             return True
         return side is (CALDAV if self.direction is Direction.M365_TO_CALDAV else M365)
@@ -202,6 +216,7 @@ class _Reconciler:
         for uid, changes in linked.items():
             self._linked(self.by_uid[uid], changes.get(M365), changes.get(CALDAV))
         self._pair_new(new[M365], new[CALDAV])
+        self._apply_first_sync_cap()
         self._check_mass_deletion()
         return self.plan
 
@@ -297,6 +312,12 @@ class _Reconciler:
             self.plan.actions.append(SaveLink(link, f"not written to {target.value} (one-way)"))
             return
         event = source.event.with_uid(link.uid)
+        if self.rules.privacy_title is not None:
+            event = event.as_busy_block(self.rules.privacy_title)
+            if not create and link.id_on(target) and event.fingerprint() == link_fingerprint(link, target):
+                self.plan.actions.append(SaveLink(_with_side(link, target.other(), source),
+                                                  "privacy copy unchanged"))
+                return
         if create or link.id_on(target) is None:
             # A restore uses its own key: the first create's key names a deleted item.
             key = idempotency_key(self.rules.pairing_id, link.uid + key_salt)
@@ -364,9 +385,30 @@ class _Reconciler:
         assert item.event is not None
         if not self.rules.reads_from(side) or not self._in_window(item.event):
             return
+        after = self.rules.only_changes_after
+        if after is not None and (item.event.last_modified is None or item.event.last_modified < after):
+            return  # "only events created or changed after enabling": this one is older
         uid = item.event.uid or item.id
-        link = _with_side(ItemLink(self.rules.pairing_id, uid), side, item)
+        link = replace(_with_side(ItemLink(self.rules.pairing_id, uid), side, item), origin=side.value)
         self._copy(link, item, side.other(), create=True, reason="new")
+
+    def _apply_first_sync_cap(self) -> None:
+        """First sync: keep at most ``first_sync_cap`` creates of new events, upcoming ones
+        first (soonest first), then the recent past (newest first); the rest are counted."""
+        cap, now = self.rules.first_sync_cap, self.rules.reference_time
+        creates = [a for a in self.plan.actions if isinstance(a, CreateOn) and a.reason == "new"]
+        if cap is None or len(creates) <= cap:
+            return
+        ref = now or self.rules.window_start or datetime.min.replace(tzinfo=UTC)
+
+        def order(action: CreateOn) -> tuple[int, float]:
+            start = _as_utc(action.event.start, ref).timestamp()
+            return (0, start) if start >= ref.timestamp() else (1, -start)
+
+        keep = {id(a) for a in sorted(creates, key=order)[:max(0, cap)]}
+        self.plan.actions = [a for a in self.plan.actions
+                             if not (isinstance(a, CreateOn) and a.reason == "new" and id(a) not in keep)]
+        self.plan.over_first_sync_cap = len(creates) - len(keep)
 
     def _in_window(self, event: Event) -> bool:
         start, end = self.rules.window_start, self.rules.window_end
@@ -419,6 +461,10 @@ def _is_echo(side: SideName, link: ItemLink, item: RemoteItem) -> bool:
 
 def _with_side(link: ItemLink, side: SideName, item: RemoteItem) -> ItemLink:
     return link.with_side(side, item.id, item.etag, item.event.fingerprint() if item.event else None)
+
+
+def link_fingerprint(link: ItemLink, side: SideName) -> str | None:
+    return link.m365_fingerprint if side is M365 else link.caldav_fingerprint
 
 
 def _cleared(link: ItemLink, side: SideName) -> ItemLink:

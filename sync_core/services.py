@@ -7,6 +7,8 @@ side, state and secrets classes exist.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets as token_source
 import threading
@@ -15,20 +17,22 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from urllib.parse import urlencode
 
 from sync_core.apply import WriteHook
 from sync_core.convert.recurrence import graph_unsupported_reason
-from sync_core.engine import UserOutcome, sync_user
-from sync_core.errors import AuthenticationFailed, DavbridgeError, SideError
+from sync_core.delegated import DelegatedAuth
+from sync_core.engine import PlanHook, UserOutcome, sync_user
+from sync_core.errors import AuthenticationFailed, DavbridgeError
 from sync_core.queue import SyncQueue, open_queue
 from sync_core.secrets import SecretStore, open_secrets
 from sync_core.settings import Settings
 from sync_core.sides.base import Side, SideName
-from sync_core.sides.caldav_side import CalDAVCalendar, discover_calendars, open_caldav
+from sync_core.sides.caldav_side import CalDAVCalendar, open_caldav
 from sync_core.sides.graph_http import GraphAuth, GraphClient, GraphCredentials
 from sync_core.sides.graph_side import GraphCalendar
 from sync_core.state import StateStore, open_state
-from sync_core.state.base import Pairing, Subscription, UserRecord
+from sync_core.state.base import AUDIT_RETENTION, Pairing, Subscription, UserRecord, utcnow
 from sync_core.subscriptions import GraphSubscriptions
 from sync_core.webhooks import client_state
 
@@ -52,6 +56,8 @@ class Services:
         self._client_state_key: str | None = None
         #: subscription id -> (owner UPN, looked up at); notifications are point lookups
         self._subscription_owner: dict[str, tuple[str, float]] = {}
+        self._delegated: DelegatedAuth | None = None
+        self._user_graph: dict[str, GraphClient] = {}
 
     @property
     def store(self) -> StateStore:
@@ -91,6 +97,70 @@ class Services:
                 key = self.secrets.get(name)
             self._client_state_key = key
         return self._client_state_key
+
+    # -- delegated sign-in (optional per user) ---------------------------------------------------
+    def delegated(self) -> DelegatedAuth | None:
+        """The auth-code flow helper, when ``DAVBRIDGE_AUTH_REDIRECT_URL`` is configured."""
+        s = self.settings
+        if not s.auth_redirect_url:
+            return None
+        if self._delegated is None:
+            if not s.graph_tenant_id or not s.graph_client_id:
+                raise AuthenticationFailed("GRAPH_TENANT_ID and GRAPH_CLIENT_ID are not set")
+            secret = self.secrets.get(s.graph_secret_name)
+            certificate = None if secret else self.secrets.get(s.graph_certificate_name)
+            self._delegated = DelegatedAuth(
+                s.graph_tenant_id, s.graph_client_id, client_secret=secret, certificate_pem=certificate,
+                authority_host=s.graph_authority_host, redirect_uri=s.auth_redirect_url, secrets=self.secrets,
+                verify=s.graph_ca_bundle or True)
+        return self._delegated
+
+    def _sign_in_signature(self, upn: str, expires: int) -> str:
+        key = self.client_state_key(create=True) or ""
+        mac = hmac.new(key.encode(), f"davbridge-sign-in|{upn.casefold()}|{expires}".encode(), hashlib.sha256)
+        return mac.hexdigest()
+
+    def delegated_sign_in_link(self, upn: str, *, valid_for: timedelta = timedelta(days=7)) -> str:
+        """The link a delegated user opens to sign in: the ``auth/start`` function, signed
+        (HMAC under the webhook key) so nobody can start a sign-in for another mailbox."""
+        s = self.settings
+        if not s.auth_redirect_url:
+            raise AuthenticationFailed("delegated mode needs DAVBRIDGE_AUTH_REDIRECT_URL (the auth/callback URL)")
+        expires = int((utcnow() + valid_for).timestamp())
+        start = s.auth_redirect_url.rsplit("/callback", 1)[0] + "/start"
+        query = urlencode({"upn": upn, "exp": expires, "sig": self._sign_in_signature(upn, expires)})
+        return f"{start}?{query}"
+
+    def sign_in_link_valid(self, upn: str, expires: str, signature: str) -> bool:
+        if not expires.isdigit() or int(expires) < utcnow().timestamp():
+            return False
+        return hmac.compare_digest(self._sign_in_signature(upn, int(expires)), signature)
+
+    def delegated_token_missing(self, upn: str) -> bool:
+        auth = self.delegated()
+        return auth is None or not auth.is_signed_in(upn)
+
+    def forget_delegated(self, upn: str) -> None:
+        auth = self.delegated()
+        if auth is not None:
+            auth.forget(upn)
+        self._user_graph.pop(upn.casefold(), None)
+
+    def graph_for(self, user: UserRecord) -> GraphClient:
+        """App-only for most users; the user's own delegated token in delegated mode."""
+        if user.auth_mode != "delegated":
+            return self.graph()
+        auth = self.delegated()
+        if auth is None:
+            raise AuthenticationFailed("delegated mode needs DAVBRIDGE_AUTH_REDIRECT_URL (the auth/callback URL)")
+        if not auth.is_signed_in(user.upn):
+            raise AuthenticationFailed("the user has not signed in yet: send them `davbridge users auth-link` output")
+        key = user.upn.casefold()
+        if key not in self._user_graph:
+            s = self.settings
+            self._user_graph[key] = GraphClient(auth.token_provider(user.upn), base_url=s.graph_base_url,
+                                                verify=s.graph_ca_bundle or True)
+        return self._user_graph[key]
 
     def subscriptions(self) -> GraphSubscriptions | None:
         """The subscription manager, or None when webhooks are not configured (embedded use)."""
@@ -154,42 +224,12 @@ class Services:
         client = open_caldav(user.caldav_url, user.caldav_username, self.caldav_password(user),
                              timeout=self.settings.caldav_timeout_seconds)
         return {
-            SideName.M365: GraphCalendar(self.graph(), user.upn, pairing.m365_calendar_id, window=window),
+            SideName.M365: GraphCalendar(self.graph_for(user), user.upn, pairing.m365_calendar_id, window=window),
             SideName.CALDAV: CalDAVCalendar(client, pairing.caldav_calendar_url, window=window,
                                             expand_when=graph_unsupported_reason),
         }
 
     # -- operations -------------------------------------------------------------------------------
-    def add_user(self, upn: str, *, caldav_url: str, caldav_username: str, caldav_password: str,
-                 caldav_calendar: str | None = None) -> tuple[UserRecord, list[Pairing]]:
-        """Enable a user: store the password, pair the primary calendars (discovered if not given)."""
-        user = self.store.get_user(upn) or UserRecord(upn=upn, caldav_url=caldav_url,
-                                                      caldav_username=caldav_username)
-        user.caldav_url, user.caldav_username, user.enabled = caldav_url, caldav_username, True
-        self.secrets.set(user.caldav_secret_name(), caldav_password)
-        try:
-            calendar_url = caldav_calendar or self._primary_caldav_calendar(user, caldav_password)
-            user.auth_status = "authenticated"
-        except DavbridgeError as exc:
-            user.auth_status = f"authentication failed: {exc}"
-            self.store.save_user(user)
-            raise
-        self.store.save_user(user)
-        pairing_id = Pairing.make_id(user.upn, None, calendar_url)
-        existing = {p.pairing_id: p for p in self.store.list_pairings(user.upn)}
-        pairing = existing.get(pairing_id) or Pairing(pairing_id, user.upn, None, calendar_url)
-        self.store.save_pairing(pairing)
-        return user, self.store.list_pairings(user.upn)
-
-    def _primary_caldav_calendar(self, user: UserRecord, password: str) -> str:
-        client = open_caldav(user.caldav_url, user.caldav_username, password,
-                             timeout=self.settings.caldav_timeout_seconds)
-        calendars = [c for c in discover_calendars(client) if c.supports_events]
-        if not calendars:
-            raise SideError("calendar not found: the CalDAV account has no event calendar")
-        primary = next((c for c in calendars if c.is_default), calendars[0])
-        return primary.url
-
     def set_enabled(self, upn: str, enabled: bool) -> UserRecord | None:
         """Enable or disable one user; disabling deletes its Graph subscription (a failure to
         reach Graph leaves the row, and the timer removes subscriptions of disabled users)."""
@@ -221,9 +261,14 @@ class Services:
             self.store.release_lease(upn, owner)
 
     def sync_user(self, upn: str, *, dry_run: bool = False, trigger: str = "manual",
-                  on_write: WriteHook | None = None) -> UserOutcome:
+                  on_write: WriteHook | None = None, on_plan: PlanHook | None = None) -> UserOutcome:
         log.info("sync %s (trigger=%s, dry_run=%s)", "user", trigger, dry_run)
-        return sync_user(upn, store=self.store, sides=self, dry_run=dry_run, on_write=on_write)
+        return sync_user(upn, store=self.store, sides=self, dry_run=dry_run, on_write=on_write, trigger=trigger,
+                         on_plan=on_plan)
+
+    def purge_audit(self) -> int:
+        """Age out audit rows older than the retention (30 days)."""
+        return self.store.purge_audit(utcnow() - AUDIT_RETENTION)
 
     def close(self) -> None:
         if self._store is not None:

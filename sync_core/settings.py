@@ -33,6 +33,8 @@ class Settings:
     client_state_key_name: str = "webhook-client-state-key"
     busy_retry_seconds: int = 30
     webhook_debounce_seconds: int = 5
+    sync_schedule: str | None = None
+    auth_redirect_url: str | None = None
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -61,6 +63,8 @@ class Settings:
             lifecycle_url=env.get("DAVBRIDGE_LIFECYCLE_URL") or None,
             client_state_key_name=env.get("DAVBRIDGE_CLIENT_STATE_KEY_NAME", cls.client_state_key_name),
             busy_retry_seconds=int(env.get("DAVBRIDGE_BUSY_RETRY_SECONDS", cls.busy_retry_seconds)),
+            sync_schedule=env.get("SYNC_SCHEDULE") or None,
+            auth_redirect_url=env.get("DAVBRIDGE_AUTH_REDIRECT_URL") or None,
             webhook_debounce_seconds=int(env.get("DAVBRIDGE_WEBHOOK_DEBOUNCE_SECONDS",
                                                  cls.webhook_debounce_seconds)),
         )

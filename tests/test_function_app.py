@@ -37,22 +37,23 @@ def _trigger(bindings: list[dict]) -> dict:
 def test_every_trigger_binding_schedule_route_and_auth_level() -> None:
     functions = _functions()
     assert set(functions) == {"sync_timer", "sync_worker", "sync_poison", "graph_notifications",
-                              "graph_lifecycle", "admin_sync_now", "admin_status"}
+                              "graph_lifecycle", "admin_api", "auth_start", "auth_callback"}
     timer = _trigger(functions["sync_timer"]["bindings"])
     assert timer["type"] == "timerTrigger" and timer["schedule"] == "%SYNC_SCHEDULE%"
     assert timer["runOnStartup"] is False and timer["useMonitor"] is True
     for name, queue in (("sync_worker", "%DAVBRIDGE_SYNC_QUEUE%"), ("sync_poison", "%DAVBRIDGE_SYNC_QUEUE%-poison")):
         q = _trigger(functions[name]["bindings"])
         assert q["type"] == "queueTrigger" and q["queueName"] == queue and q["connection"] == "AzureWebJobsStorage"
-    for name, route, method, auth in (
-        ("graph_notifications", "graph/notifications", "post", "anonymous"),
-        ("graph_lifecycle", "graph/lifecycle", "post", "anonymous"),
-        ("admin_sync_now", "admin/users/{upn}/sync", "post", "function"),
-        ("admin_status", "admin/users/{upn}/status", "get", "function"),
+    for name, route, methods, auth in (
+        ("graph_notifications", "graph/notifications", ["post"], "anonymous"),
+        ("graph_lifecycle", "graph/lifecycle", ["post"], "anonymous"),
+        ("admin_api", "admin/{*path}", ["get", "post", "put", "patch", "delete"], "function"),
+        ("auth_start", "auth/start", ["get"], "anonymous"),
+        ("auth_callback", "auth/callback", ["get"], "anonymous"),
     ):
         trigger = _trigger(functions[name]["bindings"])
         assert trigger["type"] == "httpTrigger" and trigger["route"] == route
-        assert [m.lower() for m in trigger["methods"]] == [method]
+        assert sorted(m.lower() for m in trigger["methods"]) == sorted(methods)
         assert trigger["authLevel"].lower() == auth
         assert any(b["type"] == "http" and b["direction"].lower() == "out" for b in functions[name]["bindings"])
     host = json.loads(Path(function_app.__file__).with_name("host.json").read_text())
@@ -209,8 +210,7 @@ def test_poison_message_is_recorded_in_the_users_status(embedded: Services) -> N
     poison(_queue_message(SyncMessage(ADA, "webhook").encode(), dequeue_count=1))
     user = embedded.store.get_user(ADA)
     assert user is not None and "poison queue" in (user.last_error or "")
-    resp = function_app.admin_status.build().get_user_function()(
-        func.HttpRequest("GET", "/x", body=b"", route_params={"upn": ADA}))
+    resp = _admin("GET", f"users/{ADA}/status")
     assert "poison queue" in json.loads(resp.get_body())["last_error"]
 
 
@@ -229,28 +229,30 @@ def test_timer_enqueues_each_enabled_user_once(embedded: Services) -> None:
     assert embedded.secrets.get(embedded.settings.client_state_key_name)  # the timer made the key
 
 
+def _admin(method: str, path: str, params: dict[str, str] | None = None) -> func.HttpResponse:
+    handler = function_app.admin_api.build().get_user_function()
+    return handler(func.HttpRequest(method, f"/api/admin/{path}", body=b"", params=params or {},
+                                    route_params={"path": path}))
+
+
 def test_admin_sync_now_queues_or_waits(embedded: Services) -> None:
-    handler = function_app.admin_sync_now.build().get_user_function()
-    resp = handler(func.HttpRequest("POST", "/x", body=b"", route_params={"upn": ADA}))
+    resp = _admin("POST", f"users/{ADA}/sync")
     assert resp.status_code == 202 and json.loads(resp.get_body())["queued"] is True
     assert _queue(embedded).drain() == [SyncMessage(ADA, "manual")]
-    resp = handler(func.HttpRequest("POST", "/x", body=b"", route_params={"upn": ADA}, params={"wait": "true"}))
+    resp = _admin("POST", f"users/{ADA}/sync", {"wait": "true"})
     assert resp.status_code == 502 and "GRAPH_TENANT_ID" in json.loads(resp.get_body())["pairings"][0]["error"]
     assert embedded.store.try_lease(ADA, "other", ttl=timedelta(minutes=1))
-    resp = handler(func.HttpRequest("POST", "/x", body=b"", route_params={"upn": ADA}, params={"wait": "1"}))
-    assert resp.status_code == 409
-    missing = handler(func.HttpRequest("POST", "/x", body=b"", route_params={"upn": "nobody@contoso.test"}))
-    assert missing.status_code == 404
+    assert _admin("POST", f"users/{ADA}/sync", {"wait": "1"}).status_code == 409
+    assert _admin("POST", "users/nobody@contoso.test/sync").status_code == 404
+    assert _admin("GET", "nothing/here").status_code == 404
 
 
 def test_admin_status_handler(embedded: Services) -> None:
-    handler = function_app.admin_status.build().get_user_function()
-    resp = handler(func.HttpRequest("GET", f"/api/admin/users/{ADA}/status", body=b"", route_params={"upn": ADA}))
+    resp = _admin("GET", f"users/{ADA}/status")
     assert resp.status_code == 200
     body = json.loads(resp.get_body())
     assert body["user"] == ADA and body["pairings"][0]["last_run"] is None and body["last_error"] is None
-    missing = handler(func.HttpRequest("GET", "/x", body=b"", route_params={"upn": "nobody@contoso.test"}))
-    assert missing.status_code == 404
+    assert _admin("GET", "users/nobody@contoso.test/status").status_code == 404
 
 
 def test_cli_sync_respects_the_lease_of_a_running_sync(embedded: Services, capsys: pytest.CaptureFixture[str]) -> None:

@@ -213,14 +213,15 @@ def test_a_crashing_sync_lands_in_the_poison_queue_and_in_status(runtime: Runtim
     assert any(i.function == "sync_poison" and i.ok for i in rt.host.invocations)
 
     # The admin status endpoint (function key) shows it; without the key: 401.
-    status_url = rt.host.function_url("admin_status", upn=cy)
+    status_url = rt.host.function_url("admin_api", path=f"users/{cy}/status")
     reply = requests.get(status_url, verify=rt.sim.ca_path, timeout=10)
     assert reply.status_code == 200 and "poison queue" in reply.json()["last_error"]
     assert requests.get(rt.host.url(f"admin/users/{cy}/status"), verify=rt.sim.ca_path, timeout=10).status_code == 401
 
     # Fixed: an admin "sync now" runs through the queue and a clean run clears the error.
     monkeypatch.setattr(Services, "sync_user", counting)
-    reply = requests.post(rt.host.function_url("admin_sync_now", upn=cy), verify=rt.sim.ca_path, timeout=10)
+    reply = requests.post(rt.host.function_url("admin_api", path=f"users/{cy}/sync"), verify=rt.sim.ca_path,
+                          timeout=10)
     assert reply.status_code == 202 and reply.json()["queued"] is True
     rt.settle()
     user = rt.services.store.get_user(cy)

@@ -9,10 +9,13 @@ layout and key escaping of ``sync_core/state/tables.py``.
 
 from __future__ import annotations
 
+import json
+import random
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from azure.data.tables import TableClient, TableServiceClient
 from devtools.servers import AzuriteServer
 from sync_core.state import StateStore, open_state
 from sync_core.state.base import (
+    AUDIT_RETENTION,
+    AuditEntry,
     ConflictPolicy,
     Direction,
     ItemLink,
@@ -30,9 +35,20 @@ from sync_core.state.base import (
     RunStatus,
     Subscription,
     UserRecord,
+    link_id_for,
+    utcnow,
 )
+from sync_core.state.records import time_key
 from sync_core.state.sqlite import SQLiteStateStore
-from sync_core.state.tables import KINDS, StateTooLarge, TableStateStore, escape_key, unescape_key, user_key
+from sync_core.state.tables import (
+    KINDS,
+    StateTooLarge,
+    TableStateStore,
+    audit_partition,
+    escape_key,
+    unescape_key,
+    user_key,
+)
 
 Opener = Callable[[], StateStore]
 OPENER = pytest.StashKey[Opener]()
@@ -242,6 +258,209 @@ def test_status_with_long_notices(store: StateStore) -> None:
     assert store.get_status("p/1") == short
 
 
+# --- audit ----------------------------------------------------------------------------------
+
+def _entry(upn: str, at: datetime, *, pairing_id: str = "p1", item_id: str | None = "/c/1.ics",
+           action: str = "update", side: str = "caldav") -> AuditEntry:
+    return AuditEntry(upn, pairing_id, side, action, item_id, "h-before", "h-after", "timer", at)
+
+
+def _midnight(at: datetime) -> datetime:
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def test_audit_by_user_and_range(store: StateStore) -> None:
+    day = _midnight(utcnow())  # today, so no day of the range lies beyond the store's clock
+    us = timedelta(microseconds=1)
+    times = [day - timedelta(days=1) - us, day - timedelta(days=1), day - us, day, day + timedelta(hours=9),
+             day + timedelta(hours=9, microseconds=1), day + timedelta(hours=10), day + timedelta(days=1)]
+    mine = [_entry("Ada@Contoso.test", at, item_id=f"ada-{i}") for i, at in enumerate(times)]
+    theirs = [_entry("bob@contoso.test", at, item_id=f"bob-{i}") for i, at in enumerate(times)]
+    shuffled = mine + theirs
+    random.Random(7).shuffle(shuffled)
+    store.append_audit(shuffled[:5])
+    store.append_audit(shuffled[5:])
+    store.append_audit([])
+
+    def ids(upn: str, since: datetime, until: datetime) -> list[str | None]:
+        return [e.item_id for e in store.audit(upn, since, until)]
+
+    # since inclusive, until exclusive, oldest first, only the user's rows (UPN case-insensitive)
+    assert ids("ada@contoso.test", day - timedelta(days=1), day + timedelta(hours=9, microseconds=1)) == [
+        "ada-1", "ada-2", "ada-3", "ada-4"]
+    assert ids("ADA@CONTOSO.TEST", day - timedelta(days=2), day + timedelta(days=2)) == [
+        f"ada-{i}" for i in range(len(times))]
+    assert store.audit("ada@contoso.test", day - timedelta(days=2), day + timedelta(days=2)) == mine
+    assert ids("bob@contoso.test", day - us, day + us) == ["bob-2", "bob-3"]
+    assert ids("ada@contoso.test", day + timedelta(hours=9), day + timedelta(hours=9)) == []  # empty range
+    assert ids("ada@contoso.test", day + timedelta(hours=10), day) == []  # reversed range
+    assert ids("carol@contoso.test", day - timedelta(days=2), day + timedelta(days=2)) == []
+    # Another zone names the same instants; the UTC day boundaries are the stored ones.
+    plus2 = timezone(timedelta(hours=2))
+    assert ids("ada@contoso.test", (day - us).astimezone(plus2), (day + timedelta(hours=10)).astimezone(plus2)) == [
+        "ada-2", "ada-3", "ada-4", "ada-5"]
+    # Open-ended ranges; a row stamped far ahead of the clock is found too.
+    store.append_audit([_entry("ada@contoso.test", day + timedelta(days=40), item_id="ahead")])
+    everything = ids("ada@contoso.test", datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+    assert everything == [*(f"ada-{i}" for i in range(len(times))), "ahead"]
+    assert ids("ada@contoso.test", day + timedelta(days=2), day + timedelta(days=41)) == ["ahead"]
+    assert ids("ada@contoso.test", day + timedelta(days=40, microseconds=1), datetime.max.replace(tzinfo=UTC)) == []
+
+
+def test_audit_many_rows_in_one_day(store: StateStore) -> None:
+    start = _midnight(utcnow()) - timedelta(days=3) + timedelta(hours=6)
+    entries = [_entry("ada@contoso.test", start + timedelta(seconds=i), item_id=f"i{i}",
+                      action=("create", "update", "delete")[i % 3]) for i in range(250)]
+    store.append_audit(entries)
+    assert store.audit("ada@contoso.test", start, start + timedelta(days=1)) == entries
+    assert [e.item_id for e in store.audit("ada@contoso.test", start + timedelta(seconds=100),
+                                           start + timedelta(seconds=200))] == [f"i{i}" for i in range(100, 200)]
+
+
+def test_purge_audit_by_age(store: StateStore) -> None:
+    now = utcnow()
+    cutoff = now - AUDIT_RETENTION
+    us = timedelta(microseconds=1)
+    ages = {"31d": now - timedelta(days=31), "just-older": cutoff - us, "30d": cutoff,
+            "just-newer": cutoff + us, "2d": now - timedelta(days=2)}
+    for upn in ("ada@contoso.test", "bob@contoso.test"):
+        store.append_audit([_entry(upn, at, item_id=name) for name, at in ages.items()])
+
+    # A cutoff at midnight: the previous day's rows go, the day's first microsecond stays.
+    midnight = _midnight(now - timedelta(days=40))
+    store.append_audit([_entry("ada@contoso.test", midnight - us, item_id="before"),
+                        _entry("ada@contoso.test", midnight, item_id="at")])
+    assert store.purge_audit(midnight) == 1
+    assert [e.item_id for e in store.audit("ada@contoso.test", midnight - timedelta(days=1), cutoff)] == [
+        "at", "31d", "just-older"]
+
+    assert store.purge_audit(cutoff) == 5  # every row with at < older_than, of every user
+    assert store.purge_audit(cutoff) == 0
+    for upn in ("ada@contoso.test", "bob@contoso.test"):
+        assert [e.item_id for e in store.audit(upn, now - timedelta(days=41), now)] == ["30d", "just-newer", "2d"]
+
+
+# --- pairing removal and record versions ---------------------------------------------------
+
+def _fill_pairing(store: StateStore, pairing: Pairing, n_links: int) -> None:
+    store.save_pairing(pairing)
+    pid = pairing.pairing_id
+    store.save_links([ItemLink(pid, f"uid-{i}/{NASTY}", f"m{i}") for i in range(n_links)])
+    store.save_cursor(pid, "m365", "delta")
+    store.save_cursor(pid, "caldav", "token")
+    store.save_pending(PendingItem(pid, "caldav", NASTY, "r"))
+    store.save_pending(PendingItem(pid, "m365", "AAMk/1", "r", quarantined=True))
+    store.save_status(RunStatus(pid, pairing.upn, T0, ok=True))
+
+
+def test_delete_pairing_removes_everything_of_it_only(store: StateStore) -> None:
+    gone = Pairing(NASTY, "Ada@Contoso.test", None, "https://dav/cal/")
+    kept = Pairing("p/2", "ada@contoso.test", "AAMk", "https://dav/work/")
+    other = Pairing("p3", "bob@contoso.test", None, "https://dav/bob/")
+    _fill_pairing(store, gone, 230)  # more links than one transaction holds
+    _fill_pairing(store, kept, 3)
+    _fill_pairing(store, other, 1)
+    store.append_audit([_entry("ada@contoso.test", T0, pairing_id=NASTY)])
+
+    store.delete_pairing(gone)
+    assert store.list_pairings("ada@contoso.test") == [kept]
+    assert store.links(NASTY) == [] and store.pending(NASTY) == [] and store.get_status(NASTY) is None
+    assert store.get_cursor(NASTY, "m365") is None and store.get_cursor(NASTY, "caldav") is None
+    for p, n in ((kept, 3), (other, 1)):
+        pid = p.pairing_id
+        assert len(store.links(pid)) == n and len(store.pending(pid)) == 2
+        assert store.get_cursor(pid, "m365") == "delta" and store.get_cursor(pid, "caldav") == "token"
+        assert store.get_status(pid) is not None
+    assert store.list_pairings("bob@contoso.test") == [other]
+    # The audit log is history: it ages out on its own.
+    assert len(store.audit("ada@contoso.test", T0, T0 + timedelta(seconds=1))) == 1
+
+    store.delete_pairing(gone)  # again: nothing left, no error
+    store.delete_pairing(Pairing("never-saved", "carol@contoso.test", None, "https://dav/"))
+    assert store.list_pairings("ada@contoso.test") == [kept]
+
+
+def test_new_fields_round_trip(store: StateStore) -> None:
+    user = UserRecord("ada@contoso.test", "https://dav/", "ada", auth_mode="delegated")
+    store.save_user(user)
+    assert store.get_user("ada@contoso.test") == user
+
+    after = datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+    full = Pairing("p1", "ada@contoso.test", None, "https://dav/cal/", direction=Direction.M365_TO_CALDAV,
+                   first_sync_cap=250, only_changes_after=after, privacy_title="Busy 😀",
+                   m365_read_only=True, caldav_read_only=True)
+    defaults = Pairing("p2", "ada@contoso.test", "AAMk", "https://dav/work/")
+    store.save_pairing(full)
+    store.save_pairing(defaults)
+    back = {p.pairing_id: p for p in store.list_pairings("ada@contoso.test")}
+    assert back == {"p1": full, "p2": defaults}
+    assert back["p1"].only_changes_after == after and back["p1"].only_changes_after.utcoffset() is not None
+    assert back["p2"].only_changes_after is None and back["p2"].privacy_title is None
+    assert back["p2"].first_sync_cap == 5000 and not back["p2"].m365_read_only
+
+    store.save_link(ItemLink("p1", "u1", "m1", origin="m365"))
+    store.save_links([ItemLink("p1", "u2", caldav_href="/c/2.ics", origin="caldav"), ItemLink("p1", "u3")])
+    assert {link.uid: link.origin for link in store.links("p1")} == {"u1": "m365", "u2": "caldav", "u3": None}
+
+
+def _put_raw(store: StateStore, kind: str, data: dict[str, Any]) -> None:
+    """Store ``data`` as the record JSON of ``kind`` exactly as given, bypassing the codec
+    (a record an older version wrote)."""
+    raw = json.dumps(data)
+    if isinstance(store, SQLiteStateStore):
+        params = {"users": (data.get("upn", "").casefold(), int(data.get("enabled", True)), raw),
+                  "pairings": (data.get("pairing_id"), data.get("upn", "").casefold(), raw),
+                  "links": (data.get("pairing_id"), link_id_for(data.get("uid", "")), raw)}[kind]
+        db = sqlite3.connect(store.path)
+        try:
+            with db:
+                db.execute(f"INSERT OR REPLACE INTO {kind} VALUES (?, ?, ?)", params)
+        finally:
+            db.close()
+        return
+    assert isinstance(store, TableStateStore)
+    keys = {"users": (user_key(data.get("upn", "")), "user"),
+            "pairings": (user_key(data.get("upn", "")), escape_key(data.get("pairing_id", ""))),
+            "links": (escape_key(data.get("pairing_id", "")), escape_key(link_id_for(data.get("uid", ""))))}[kind]
+    props: dict[str, Any] = {"enabled": data.get("enabled", True)} if kind == "users" else {}
+    if kind != "links":
+        props["upn"] = data["upn"].casefold()
+    store._table(kind).upsert_entity({"PartitionKey": keys[0], "RowKey": keys[1], "data": raw, **props})
+
+
+def test_records_written_before_the_new_fields_load_with_defaults(store: StateStore) -> None:
+    _put_raw(store, "users", {"upn": "Ada@Contoso.test", "caldav_url": "https://dav/", "caldav_username": "ada",
+                              "enabled": True, "auth_status": "ok", "created_at": "2026-01-02T03:04:05+00:00",
+                              "last_error": None, "last_error_at": None})
+    _put_raw(store, "pairings", {"pairing_id": "p1", "upn": "Ada@Contoso.test", "m365_calendar_id": None,
+                                 "caldav_calendar_url": "https://dav/cal/", "name": "Work",
+                                 "direction": "two-way", "conflict_policy": "caldav-wins",
+                                 "window_past_days": 7, "window_future_days": 90})
+    _put_raw(store, "links", {"pairing_id": "p1", "uid": "u1", "m365_id": "m1", "m365_etag": "e",
+                              "m365_fingerprint": "f", "caldav_href": "/c/1.ics", "caldav_etag": '"c"',
+                              "caldav_fingerprint": "g", "updated_at": "2026-01-02T03:04:05+00:00",
+                              "a_field_of_a_newer_version": 1})
+
+    user = store.get_user("ada@contoso.test")
+    assert user == UserRecord("Ada@Contoso.test", "https://dav/", "ada", auth_status="ok",
+                              created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert user.auth_mode == "app"
+    assert store.list_pairings("ada@contoso.test") == [
+        Pairing("p1", "Ada@Contoso.test", None, "https://dav/cal/", name="Work",
+                conflict_policy=ConflictPolicy.CALDAV_WINS, window_past_days=7, window_future_days=90,
+                first_sync_cap=5000, only_changes_after=None, privacy_title=None,
+                m365_read_only=False, caldav_read_only=False)]
+    (link,) = store.links("p1")
+    assert link == ItemLink("p1", "u1", "m1", "e", "f", "/c/1.ics", '"c"', "g",
+                            datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), origin=None)
+
+    # Saved again, the record carries the new fields.
+    assert user is not None
+    user.auth_mode = "delegated"
+    store.save_user(user)
+    assert store.get_user("ada@contoso.test") == user
+
+
 # --- subscriptions --------------------------------------------------------------------------
 
 def test_subscriptions(store: StateStore) -> None:
@@ -381,6 +600,7 @@ def test_table_layout_partitions_per_user_and_per_pairing(tables: tuple[TableSta
     store.save_subscription(Subscription("sub-1", upn, "/users/x/events", T0))
     assert store.request_sync(upn, "timer", now=T0)
     assert store.try_lease(upn, "A", ttl=timedelta(minutes=5), now=T0)
+    store.append_audit([_entry(upn, T0, pairing_id=pid)])
 
     ukey, pkey = user_key(upn), escape_key(pid)
     assert ukey == "o~27brien~2Fada@contoso.test" and pkey == "pair~2F1"
@@ -398,6 +618,8 @@ def test_table_layout_partitions_per_user_and_per_pairing(tables: tuple[TableSta
     assert keys("cursors") == [(pkey, "m365")]
     assert keys("pending") == [(pkey, "caldav|~2Fc~2F1.ics")]
     assert keys("status") == [(pkey, "status")]
+    ((audit_pk, audit_rk),) = keys("audit")
+    assert audit_pk == "20261124~" + ukey and audit_rk.startswith("20261124T080000.000000Z~")
     (sub,) = _raw(service, store, "subscriptions")
     assert (sub["PartitionKey"], sub["RowKey"], sub["upn"]) == ("sub-1", "subscription", upn.casefold())
     names = {t.name for t in service.list_tables()}
@@ -428,9 +650,10 @@ def test_keys_hold_no_forbidden_character(tables: tuple[TableStateStore, TableSe
     store.save_subscription(Subscription(NASTY, upn, "/r", T0))
     assert store.request_sync(upn, NASTY, now=T0)
     assert store.try_lease(upn, NASTY, ttl=timedelta(minutes=1), now=T0)
+    store.append_audit([_entry(upn, T0, pairing_id=NASTY, item_id=NASTY)])
 
     rows = [e for kind in KINDS for e in _raw(service, store, kind)]
-    assert len(rows) == 10
+    assert len(rows) == 11
     for e in rows:
         for key in (e["PartitionKey"], e["RowKey"]):
             assert not FORBIDDEN & set(key), key
@@ -438,6 +661,7 @@ def test_keys_hold_no_forbidden_character(tables: tuple[TableStateStore, TableSe
     assert {(p.side, p.item_id) for p in store.pending(NASTY)} == {("caldav", long_id), (NASTY, NASTY)}
     assert store.get_cursor(NASTY, NASTY) == "c"
     assert store.get_subscription(NASTY) is not None and store.list_pairings(upn)[0].pairing_id == NASTY
+    assert [e.item_id for e in store.audit(upn, T0, T0 + timedelta(seconds=1))] == [NASTY]
 
 
 def test_transactions_stay_within_100_operations(tables: tuple[TableStateStore, TableServiceClient],
@@ -504,3 +728,111 @@ def test_open_state_urls(azurite: AzuriteServer, tmp_path: Path) -> None:
     assert "c2VjcmV0" not in str(info.value)
     with pytest.raises(ValueError):
         TableStateStore.from_connection_string(azurite.connection_string, table_prefix="bad-prefix")
+
+
+class _Spy:
+    """Records the transactions and queries a TableClient makes (still performing them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.transactions: list[list[tuple[str, str, str]]] = []  # (op, PartitionKey, RowKey)
+        self.queries: list[tuple[str, dict[str, Any]]] = []  # (filter with parameters, kwargs)
+        real_submit, real_query = TableClient.submit_transaction, TableClient.query_entities
+        real_list = TableClient.list_entities
+        spy = self
+
+        def submit(self: TableClient, operations: Any, **kwargs: Any) -> Any:
+            ops = list(operations)
+            spy.transactions.append([(op[0], op[1]["PartitionKey"], op[1]["RowKey"]) for op in ops])
+            return real_submit(self, ops, **kwargs)
+
+        def query(self: TableClient, query_filter: str, **kwargs: Any) -> Any:
+            text = query_filter
+            for name, value in (kwargs.get("parameters") or {}).items():
+                text = text.replace(f"@{name}", f"'{value}'")
+            spy.queries.append((text, kwargs))
+            return real_query(self, query_filter, **kwargs)
+
+        def list_all(self: TableClient, **kwargs: Any) -> Any:
+            spy.queries.append(("<all>", kwargs))
+            return real_list(self, **kwargs)
+
+        monkeypatch.setattr(TableClient, "submit_transaction", submit)
+        monkeypatch.setattr(TableClient, "query_entities", query)
+        monkeypatch.setattr(TableClient, "list_entities", list_all)
+
+    def clear(self) -> None:
+        self.transactions.clear()
+        self.queries.clear()
+
+
+def test_audit_partitions_per_day_and_user(tables: tuple[TableStateStore, TableServiceClient],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    store, service = tables
+    upn = "O'Brien/Ada@Contoso.test"
+    day = _midnight(utcnow()) - timedelta(days=2)
+    plus2 = timezone(timedelta(hours=2))
+    entries = [_entry(upn, day + timedelta(hours=3, seconds=i, microseconds=7)) for i in range(250)]
+    entries.append(_entry(upn, (day + timedelta(days=1, hours=1)).astimezone(plus2)))  # stored by its UTC day
+    entries += [_entry("bob@contoso.test", day + timedelta(hours=5, seconds=i)) for i in range(30)]
+    spy = _Spy(monkeypatch)
+    store.append_audit(entries)
+    sizes = sorted(len(t) for t in spy.transactions)
+    assert sizes == [1, 30, 50, 100, 100]  # <= 100 per transaction, one partition each
+    assert all(len({pk for _, pk, _ in t}) == 1 for t in spy.transactions)
+
+    rows = _raw(service, store, "audit")
+    ada_day, ada_next = day.strftime("%Y%m%d"), (day + timedelta(days=1)).strftime("%Y%m%d")
+    assert {e["PartitionKey"] for e in rows} == {
+        f"{ada_day}~o~27brien~2Fada@contoso.test", f"{ada_next}~o~27brien~2Fada@contoso.test",
+        f"{ada_day}~bob@contoso.test"}
+    assert audit_partition(day.date(), upn) == f"{ada_day}~{user_key(upn)}"
+    first = next(e for e in rows if e["RowKey"].startswith(time_key(entries[0].at)))
+    assert first["RowKey"].startswith(ada_day + "T030000.000007Z~") and len(first["RowKey"]) == 23 + 1 + 8
+    assert first["upn"] == upn.casefold() and '"trigger": "timer"' in first["data"]
+    assert len({e["RowKey"] for e in rows}) == len(rows) == 281  # unique, also within one second
+
+    # A user's range is one partition query per day (a single-entity probe finds the first
+    # stored day), never a scan.
+    spy.clear()
+    back = store.audit(upn, day - timedelta(days=10), day + timedelta(days=1, hours=2))
+    assert back == entries[:251]
+    probe, *per_day = spy.queries
+    assert probe[0] == f"PartitionKey ge '{(day - timedelta(days=10)).strftime('%Y%m%d')}'"
+    assert probe[1]["results_per_page"] == 1 and probe[1]["select"] == ["PartitionKey"]
+    assert [q for q, _ in per_day] == [
+        f"PartitionKey eq '{ada_day}~{user_key(upn)}'",
+        f"PartitionKey eq '{ada_next}~{user_key(upn)}' and RowKey lt '{time_key(day + timedelta(days=1, hours=2))}'"]
+    spy.clear()
+    assert store.audit(upn, entries[10].at, entries[12].at) == entries[10:12]
+    assert [q for q, _ in spy.queries][1:] == [
+        f"PartitionKey eq '{ada_day}~{user_key(upn)}' and RowKey ge '{time_key(entries[10].at)}' "
+        f"and RowKey lt '{time_key(entries[12].at)}'"]
+
+
+def test_purge_deletes_whole_old_partitions(tables: tuple[TableStateStore, TableServiceClient],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    store, service = tables
+    now = utcnow()
+    cutoff = now - AUDIT_RETENTION
+    old_days = [_midnight(cutoff) - timedelta(days=d) for d in (1, 2, 5)]
+    entries = [_entry(upn, d + timedelta(hours=h)) for d in old_days for h in (1, 23)
+               for upn in ("ada@contoso.test", "bob@contoso.test")]
+    # One partition of more than a query page (1,000): deleted page by page while paging on.
+    entries += [_entry("carol@contoso.test", old_days[0] + timedelta(seconds=i)) for i in range(1150)]
+    entries += [_entry("ada@contoso.test", cutoff - timedelta(microseconds=1)),  # cutoff day, older: goes
+                _entry("ada@contoso.test", cutoff), _entry("bob@contoso.test", now)]
+    store.append_audit(entries)
+    spy = _Spy(monkeypatch)
+
+    assert store.purge_audit(cutoff) == 12 + 1150 + 1
+    (whole, *rest) = spy.queries
+    assert whole == (f"PartitionKey lt '{cutoff.strftime('%Y%m%d')}'", {
+        "parameters": {"day": cutoff.strftime("%Y%m%d")}, "select": ["PartitionKey", "RowKey"]})
+    assert len(rest) == 1 and f"RowKey lt '{time_key(cutoff)}'" in rest[0][0]  # the cutoff day's rows
+    assert all(op == "delete" for t in spy.transactions for op, _, _ in t)
+    assert all(len(t) <= 100 and len({pk for _, pk, _ in t}) == 1 for t in spy.transactions)
+    deleted_pks = {pk for t in spy.transactions for _, pk, _ in t}
+    assert {pk[:8] for pk in deleted_pks} == {d.strftime("%Y%m%d") for d in old_days} | {cutoff.strftime("%Y%m%d")}
+    left = _raw(service, store, "audit")
+    assert sorted(e["RowKey"][:23] for e in left) == [time_key(cutoff), time_key(now)]
+    assert all(e["PartitionKey"][:8] >= cutoff.strftime("%Y%m%d") for e in left)

@@ -138,6 +138,10 @@ _DELTA_ALIASES = frozenset({"delta", "delta()", "microsoft.graph.delta", "micros
 _REAUTHORIZE_ALIASES = frozenset({"reauthorize", "microsoft.graph.reauthorize"})
 #: Handlers that live on ``GraphService.subscriptions`` (a SubscriptionService).
 SUBSCRIPTION_HANDLERS = frozenset(r.handler for r in ROUTES if r.pattern[0] == "subscriptions")
+#: Application permissions that let an app-only token read / write mailbox calendars
+#: (permissions reference: Calendars.Read, Calendars.ReadWrite).
+READ_ROLES = frozenset({"Calendars.Read", "Calendars.ReadWrite"})
+WRITE_ROLES = frozenset({"Calendars.ReadWrite"})
 
 
 def match_route(method: str, segments: list[str]) -> tuple[Route, dict[str, str]]:
@@ -297,6 +301,7 @@ class GraphService:
 
     def handle(self, req: Request) -> Response:
         route, params = match_route(req.method, req.segments)
+        self._authorize(req, route)
         owner: object = self
         if route.handler in SUBSCRIPTION_HANDLERS:
             if self.subscriptions is None:
@@ -306,6 +311,21 @@ class GraphService:
         return handler(req, params)
 
     # -- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _authorize(req: Request, route: Route) -> None:
+        """Mailbox routes (``/users/{u}/...``) need a calendar application permission in the
+        token: any of :data:`READ_ROLES` for GET, :data:`WRITE_ROLES` otherwise. Without it
+        Graph answers 403 ``ErrorAccessDenied`` "Access is denied. Check credentials and try
+        again." (the body quoted in microsoftgraph-postman-collections #48 and
+        msgraph-sdk-javascript #378). Checked before the mailbox is looked up. ``GET
+        /users/{u}`` (User.Read.All in Graph) and ``/subscriptions`` are not gated."""
+        if req.app is None or route.pattern[:2] != ("users", "{u}") or len(route.pattern) == 2:
+            return
+        needed = READ_ROLES if req.method == "GET" else WRITE_ROLES
+        # app-only tokens hold application permissions (roles), delegated ones scopes (scp)
+        if not needed & (req.app.roles | req.app.scopes):
+            raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+
     def _user(self, key: str) -> User:
         user = self.store.find_user(key)
         if user is None:
@@ -552,12 +572,18 @@ class GraphService:
         }
 
     def list_calendars(self, req: Request, params: dict[str, str]) -> Response:
+        """GET /users/{u}/calendars: pages of ``$top`` (default 10, as Graph: python-o365 #1148,
+        cal.com #6004) with ``@odata.nextLink`` (``$skip``)."""
         user = self._user(params["u"])
+        top, skip = self._page_args(req)
         with self.store.lock:
-            value = [self.calendar_json(user, c) for c in user.calendars.values()]
-        return Response(
-            200, {"@odata.context": self._context(req, f"users('{params['u']}')/calendars"), "value": value}
-        )
+            calendars = list(user.calendars.values())
+            value = [self.calendar_json(user, c) for c in calendars[skip : skip + top]]
+        context = self._context(req, f"users('{params['u']}')/calendars")
+        body: dict[str, Any] = {"@odata.context": context, "value": value}
+        if skip + top < len(calendars):
+            body["@odata.nextLink"] = self._next_link(req, skip + top)
+        return Response(200, body)
 
     def get_calendar(self, req: Request, params: dict[str, str]) -> Response:
         user = self._user(params["u"])

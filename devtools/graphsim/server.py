@@ -4,6 +4,12 @@ Cross-cutting behaviour implemented here (sources in README.md):
 
 * Every ``/v1.0`` call needs a bearer token from the token endpoint, else
   ``401 InvalidAuthenticationToken``.
+* A delegated token (auth-code flow, ``auth.py``) reaches only the signed-in user's own mailbox:
+  ``/me/...`` is ``/users/{that user}/...``; another user's mailbox answers ``403
+  ErrorAccessDenied`` "Access is denied. Check credentials and try again." (``GET /users/{other}``:
+  ``403 Authorization_RequestDenied``, as without User.ReadBasic.All), and so does a subscription
+  to another user's events. Its Graph permissions are its ``scp`` (Calendars.Read /
+  Calendars.ReadWrite).
 * Throttling: injected faults answer ``429`` (or ``503``) with ``Retry-After`` and a Graph error
   body; more than 4 concurrent requests of one app to one mailbox answer
   ``429 ApplicationThrottled`` "Application is over its MailboxConcurrency limit." (Outlook
@@ -27,8 +33,9 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 from pathlib import Path
@@ -37,13 +44,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from devtools.graphsim.auth import AuthService
+from devtools.graphsim.auth import DEFAULT_ROLES, AccessToken, AuthService
 from devtools.graphsim.odata import GraphError, error_body, parse_prefer
 from devtools.graphsim.routes import JSON_CONTENT_TYPE, GraphService, Request, Response
 from devtools.graphsim.store import Store
 from devtools.graphsim.subscriptions import NotificationSettings, SubscriptionService
 
 MAILBOX_CONCURRENCY_LIMIT = 4
+_USER_AUTH_ACTIONS = frozenset({"deny-consent", "revoke-refresh-tokens", "expire-refresh-tokens"})
 
 
 def _require_loopback(host: str) -> None:
@@ -147,7 +155,7 @@ class GraphSim:
         self.ca_path = str(self.state_dir / "ca.pem")
         self._ca.cert_pem.write_to_path(self.ca_path)
         self.store = Store()
-        self.auth = AuthService()
+        self.auth = AuthService(find_user=self.store.find_user)
         self.graph = GraphService(self.store)
         self._subscriptions = SubscriptionService(self.store, self.graph.schema, self.ca_path)
         self.graph.subscriptions = self._subscriptions
@@ -221,8 +229,14 @@ class GraphSim:
         client_id: str,
         client_secret: str | None = None,
         certificate_pem: str | bytes | None = None,
+        roles: Iterable[str] = DEFAULT_ROLES,
+        redirect_uris: Iterable[str] = (),
     ) -> None:
-        self.auth.register_app(tenant_id, client_id, client_secret, certificate_pem)
+        """A confidential client; ``roles`` are its application permissions (admin consent
+        given). ``roles=()``: tokens are issued, but calendar requests answer 403
+        ``ErrorAccessDenied``; ``("Calendars.Read",)``: reads only. ``redirect_uris``: where the
+        auth-code flow (``/authorize``) may send its answer (exact match)."""
+        self.auth.register_app(tenant_id, client_id, client_secret, certificate_pem, roles, redirect_uris)
 
     def add_user(self, upn: str, display_name: str | None = None) -> str:
         """Create a mailbox with its primary calendar "Calendar"; returns the user id."""
@@ -358,6 +372,32 @@ class GraphSim:
         key_path.chmod(0o600)
         return str(cert_path), str(key_path)
 
+    # -- delegated access (auth-code flow) -------------------------------------------------------------
+    def _user_id(self, upn: str) -> str:
+        user = self.store.find_user(upn)
+        if user is None:
+            raise KeyError(upn)
+        return user.id
+
+    def deny_consent(self, upn: str, denied: bool = True) -> None:
+        """The user declines consent: ``/authorize`` redirects with ``error=access_denied``
+        (AADSTS65004) until ``deny_consent(upn, False)``. KeyError for an unknown user."""
+        self.auth.deny_consent(self._user_id(upn), denied)
+
+    def revoke_refresh_tokens(self, upn: str) -> int:
+        """Like ``revokeSignInSessions``: the user's refresh tokens issued so far answer
+        ``invalid_grant`` AADSTS50173 (access tokens live on until they expire)."""
+        return self.auth.revoke_refresh_tokens(self._user_id(upn))
+
+    def expire_refresh_tokens(self, upn: str) -> int:
+        """The user's refresh tokens issued so far expired through inactivity (AADSTS700082)."""
+        return self.auth.expire_refresh_tokens(self._user_id(upn))
+
+    def expire_access_tokens(self, upn: str | None = None) -> int:
+        """Access tokens issued so far (delegated tokens of ``upn``, or every token) are expired:
+        Graph answers 401 "Lifetime validation failed, the token is expired."."""
+        return self.auth.expire_access_tokens(self._user_id(upn) if upn is not None else None)
+
     @property
     def token_lifetime(self) -> int:
         return self.auth.token_lifetime
@@ -390,7 +430,7 @@ class GraphSim:
             elif admin:
                 resp = self._admin_call(h.command, segments[1:], body)
             else:
-                resp = self._identity_call(h.command, segments, body, record)
+                resp = self._identity_call(h.command, segments, query, body, record)
         except Exception:  # a bug in the stand-in: answer like Graph does, keep serving
             traceback.print_exc()
             resp = Response(500, error_body("UnknownError", "graphsim internal error", request_id, client_request_id))
@@ -402,8 +442,9 @@ class GraphSim:
                 self._request_log.append(record)
                 if isinstance(resp.body, dict):
                     logged = resp.body
-                    if "access_token" in logged:
-                        logged = {**logged, "access_token": "<redacted>"}
+                    secret_fields = {"access_token", "refresh_token", "id_token"} & logged.keys()
+                    if secret_fields:
+                        logged = {**logged, **dict.fromkeys(secret_fields, "<redacted>")}
                     self._response_log.append(
                         {k: record[k] for k in ("method", "path", "query", "status")} | {"body": logged}
                     )
@@ -464,6 +505,11 @@ class GraphSim:
             token = self.auth.validate_bearer(h.headers.get("Authorization"))
             req.app = token
             record["app"] = token.client_id
+            if token.delegated:
+                req.segments = segments = self._delegated_segments(token, req)
+                # routes.py gates mailbox routes on the token's permissions (``roles``); a delegated
+                # token's are its ``scp``, valid on the signed-in user's own mailbox (checked above).
+                req.app = replace(token, roles=token.scopes)
             mailbox = segments[1] if len(segments) >= 2 and segments[0].lower() == "users" else None
             user = self.store.find_user(mailbox) if mailbox else None
             record["user"] = user.upn if user else mailbox
@@ -474,6 +520,37 @@ class GraphSim:
                 return self.graph.handle(req)
         except GraphError as err:
             return Response(err.status, error_body(err.code, err.message, request_id, client_request_id), err.headers)
+
+    def _delegated_segments(self, token: AccessToken, req: Request) -> list[str]:
+        """``/me/...`` as ``/users/{oid}/...``; 403 for another user's mailbox (or subscription)."""
+        assert token.user_id is not None
+        segs = req.segments
+        if segs and segs[0].lower() == "me":
+            return ["users", token.user_id, *segs[1:]]
+        if len(segs) >= 2 and segs[0].lower() == "users":
+            owner = self.store.find_user(segs[1])
+            if owner is not None and owner.id != token.user_id:
+                if len(segs) == 2:
+                    raise GraphError(
+                        403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."
+                    )
+                raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        if req.method == "POST" and [s.lower() for s in segs] == ["subscriptions"]:
+            try:
+                resource = json.loads(req.body or b"{}").get("resource")
+            except (ValueError, AttributeError):
+                resource = None
+            parts = resource.strip().lstrip("/").split("/") if isinstance(resource, str) else []
+            if len(parts) >= 2 and parts[0].lower() == "users":
+                owner = self.store.find_user(parts[1])
+                if owner is not None and owner.id != token.user_id:
+                    raise GraphError(
+                        403,
+                        "ExtensionError",
+                        "Operation: Create; Exception: [Status Code: Forbidden; Reason: Access is denied. Check "
+                        "credentials and try again.]",
+                    )
+        return segs
 
     def _take_fault(self) -> None:
         with self._fault_lock:
@@ -501,13 +578,21 @@ class GraphSim:
             with self._fault_lock:
                 self._inflight[key] -= 1
 
-    def _identity_call(self, method: str, segments: list[str], body: bytes, record: dict[str, Any]) -> Response:
+    def _identity_call(
+        self, method: str, segments: list[str], query: dict[str, str], body: bytes, record: dict[str, Any]
+    ) -> Response:
         host = self.authority_host
+        if len(segments) == 4 and segments[1:] == ["oauth2", "v2.0", "authorize"]:
+            if method != "GET":
+                return Response(405, {"error": "invalid_request", "error_description": "Use GET."})
+            record["app"] = query.get("client_id")
+            status, doc, headers = self.auth.authorize(segments[0], query, host)
+            return Response(status, doc, headers)
         if method == "GET" and len(segments) == 4 and segments[1:] == ["v2.0", ".well-known", "openid-configuration"]:
             status, doc = self.auth.openid_configuration(segments[0], host)
             return Response(status, doc)
         if method == "GET" and len(segments) == 4 and segments[1:] == ["discovery", "v2.0", "keys"]:
-            return Response(200, {"keys": []})
+            return Response(200, self.auth.jwks())
         if len(segments) == 4 and segments[1:] == ["oauth2", "v2.0", "token"]:
             if method != "POST":
                 return Response(405, {"error": "invalid_request", "error_description": "Use POST."})
@@ -582,8 +667,19 @@ class GraphSim:
                 },
             )
         if route == ("POST", "apps"):
+            roles = data.get("roles", list(DEFAULT_ROLES))
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise ValueError("roles must be a list of permission names")
+            redirect_uris = data.get("redirect_uris", [])
+            if not isinstance(redirect_uris, list) or not all(isinstance(r, str) for r in redirect_uris):
+                raise ValueError("redirect_uris must be a list of URIs")
             self.register_app(
-                data["tenant_id"], data["client_id"], data.get("client_secret"), data.get("certificate_pem")
+                data["tenant_id"],
+                data["client_id"],
+                data.get("client_secret"),
+                data.get("certificate_pem"),
+                roles,
+                redirect_uris,
             )
             return Response(201, {"tenant_id": data["tenant_id"], "client_id": data["client_id"]})
         if route == ("POST", "users"):
@@ -627,6 +723,20 @@ class GraphSim:
             return Response(204)
         if route == ("POST", "latency"):
             self.set_latency(float(data["seconds"]))
+            return Response(204)
+        if method == "POST" and len(segments) == 3 and segments[0] == "users" and segments[2] in _USER_AUTH_ACTIONS:
+            try:
+                if segments[2] == "deny-consent":
+                    self.deny_consent(segments[1], bool(data.get("denied", True)))
+                elif segments[2] == "revoke-refresh-tokens":
+                    self.revoke_refresh_tokens(segments[1])
+                else:
+                    self.expire_refresh_tokens(segments[1])
+            except KeyError:
+                return Response(404, {"error": {"code": "NotFound", "message": f"no user {segments[1]}"}})
+            return Response(204)
+        if route == ("POST", "expire-access-tokens"):
+            self.expire_access_tokens(data.get("upn"))
             return Response(204)
         if route == ("POST", "token-lifetime"):
             self.token_lifetime = int(data["seconds"])

@@ -1152,7 +1152,11 @@ def _uids(body: str) -> frozenset[str]:
 
 # --- discovery ----------------------------------------------------------------------------------
 
+#: RFC 3744 3.1 / 3.3: DAV:all and DAV:write contain every write privilege; DAV:write-content
+#: alone lets a client change existing events (PUT on an existing resource).
 _WRITE_PRIVILEGES: Final = frozenset(dx.tag(dx.DAV, p) for p in ("all", "write", "write-content"))
+#: RFC 3744 3.9 / 3.10: DAV:bind + DAV:unbind together let a client add and remove events.
+_BIND_UNBIND: Final = frozenset(dx.tag(dx.DAV, p) for p in ("bind", "unbind"))
 _ALL_COMPONENTS: Final = frozenset({"VEVENT", "VTODO", "VJOURNAL", "VFREEBUSY", "VAVAILABILITY"})
 
 
@@ -1165,10 +1169,17 @@ class CalendarInfo:
     read_only: bool
     components: frozenset[str]
     is_default: bool = False
+    #: Local names of the DAV:current-user-privilege-set the server reported for the current
+    #: user (``{"read", "write-content", ...}``), or None when it did not report the property.
+    privileges: frozenset[str] | None = None
 
     @property
     def supports_events(self) -> bool:
         return "VEVENT" in self.components
+
+    @property
+    def writable(self) -> bool:
+        return not self.read_only
 
 
 def discover_calendars(client: DAVClient) -> list[CalendarInfo]:
@@ -1178,9 +1189,10 @@ def discover_calendars(client: DAVClient) -> list[CalendarInfo]:
     2. its CALDAV:calendar-home-set (RFC 4791 6.2.1) and CALDAV:schedule-inbox-URL (RFC 6638 2.2);
     3. a Depth 1 PROPFIND of each home: collections whose DAV:resourcetype has CALDAV:calendar,
        with DAV:displayname, CALDAV:supported-calendar-component-set (absent = every component,
-       RFC 4791 5.2.3) and DAV:current-user-privilege-set (RFC 3744 5.4: no DAV:write,
-       DAV:write-content or DAV:all means read-only); the configured URL itself is checked too,
-       in case it is a calendar outside the home (a shared calendar);
+       RFC 4791 5.2.3) and DAV:current-user-privilege-set (RFC 3744 5.4, see
+       :func:`read_only_from_privileges`; a server that does not report it counts as writable);
+       the configured URL itself is checked too, in case it is a calendar outside the home (a
+       shared calendar);
     4. the default calendar: CALDAV:schedule-default-calendar-URL of the inbox (RFC 6638 9.2),
        else the first event calendar with a conventional default name (``default``,
        ``calendar``, ``personal``, ``home``, ``events``), else the first event calendar.
@@ -1225,7 +1237,50 @@ def discover_calendars(client: DAVClient) -> list[CalendarInfo]:
         # No RFC 6638 default: a conventionally named one (servers list in no stable order),
         # else the first.
         chosen = next((c for c in events if _last_segment(c.url) in _DEFAULT_NAMES), events[0])
-    return [CalendarInfo(c.url, c.display_name, c.read_only, c.components, c is chosen) for c in events]
+    return [replace(c, is_default=c is chosen) for c in events]
+
+
+def read_only_from_privileges(privileges: Iterable[str]) -> bool:
+    """Whether a DAV:current-user-privilege-set (Clark names) leaves the user unable to write.
+
+    Writable (RFC 3744 3.1-3.10): DAV:all, DAV:write, DAV:write-content, or DAV:bind together
+    with DAV:unbind. RFC 3744 5.4 lists aggregate privileges together with the privileges they
+    contain, so a part of an aggregate does not count for the whole: Cyrus' owner keeps
+    ``CY:make-collection`` (half of its DAV:bind) on a calendar it may only read. An empty set
+    is read-only.
+    """
+    held = frozenset(privileges)
+    return not (held & _WRITE_PRIVILEGES or held >= _BIND_UNBIND)
+
+
+def calendar_info(client: DAVClient, url: str) -> CalendarInfo | None:
+    """The calendar collection at ``url`` (Depth 0 PROPFIND), or None when there is none.
+
+    None: 404 / 410, a 207 whose response for ``url`` is itself a 404 (Xandikos answers a
+    missing collection that way), or a resource that is not a CALDAV:calendar. 401 / 403 raise
+    :class:`AuthenticationFailed`, transport failures :class:`SideError`. ``is_default`` is
+    False: only :func:`discover_calendars` decides the default.
+    """
+    http = _Http(client)
+    props = [dx.RESOURCETYPE, dx.DISPLAYNAME, dx.SUPPORTED_COMPONENTS, dx.CURRENT_USER_PRIVILEGE_SET]
+    reply = http.send(
+        "PROPFIND", url, body=dx.propfind_body(props), headers={"Depth": "0", "Content-Type": XML_CONTENT_TYPE}
+    )
+    if reply.status in (404, 410):
+        return None
+    if reply.status != 207:
+        raise _collection_error(reply, "PROPFIND")
+    try:
+        ms = dx.parse_multistatus(reply.body)
+    except dx.XMLError as exc:
+        raise SideError(f"PROPFIND on {urlsplit(url).path}: {exc}") from None
+    for r in ms.responses:
+        if r.status is not None and r.status >= 300:
+            continue
+        if not _same_collection(urljoin(reply.url, r.href), reply.url):
+            continue
+        return _calendar_info(reply.url, r)
+    return None
 
 
 # Default calendar names: Cyrus "Default", Radicale/Xandikos "calendar", Nextcloud "personal",
@@ -1281,13 +1336,16 @@ def _calendar_info(base: str, r: dx.DavResponse) -> CalendarInfo | None:
         components = frozenset(
             (c.get("name") or "").upper() for c in comps_el.iter(dx.tag(dx.CALDAV, "comp")) if c.get("name")
         )
+    privileges: frozenset[str] | None = None
     if dx.CURRENT_USER_PRIVILEGE_SET in r.props:
-        read_only = not (r.child_tags(dx.CURRENT_USER_PRIVILEGE_SET) & _WRITE_PRIVILEGES)
+        held = r.child_tags(dx.CURRENT_USER_PRIVILEGE_SET) - {dx.tag(dx.DAV, "privilege")}
+        read_only = read_only_from_privileges(held)
+        privileges = frozenset(t.rpartition("}")[2] for t in held)
     else:
         read_only = False  # not reported: assume writable, writes will tell
     url = urljoin(base, r.href)
     name = (r.text(dx.DISPLAYNAME) or "").strip() or urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
-    return CalendarInfo(url=url, display_name=name, read_only=read_only, components=components)
+    return CalendarInfo(url=url, display_name=name, read_only=read_only, components=components, privileges=privileges)
 
 
 def _default_calendar(http: _Http, inbox: str | None) -> str | None:

@@ -49,6 +49,9 @@ class UserRecord:
     enabled: bool = True
     auth_status: str = "unchecked"
     created_at: datetime = field(default_factory=utcnow)
+    #: "app" (application permission, the default) or "delegated" (the user signed in through
+    #: the auth-code endpoint; the msal token cache is in the secrets store).
+    auth_mode: str = "app"
     #: The last failure outside any pairing's run (e.g. a sync request that went to the
     #: poison queue), shown in status until the next successful run clears it.
     last_error: str | None = None
@@ -71,6 +74,16 @@ class Pairing:
     conflict_policy: ConflictPolicy = ConflictPolicy.NEWEST_WINS
     window_past_days: int = 30
     window_future_days: int = 365
+    #: At most this many events are copied by the first sync, upcoming ones first, then the
+    #: recent past (newest first); the rest stay where they are (a notice says how many).
+    first_sync_cap: int = 5000
+    #: Set: only events created or changed after this instant are copied.
+    only_changes_after: datetime | None = None
+    #: Set: copies are busy-only blocks with this title (one-way pairings only).
+    privacy_title: str | None = None
+    #: The calendar cannot be written on that side (CalDAV privileges, Graph ``canEdit``).
+    m365_read_only: bool = False
+    caldav_read_only: bool = False
 
     @staticmethod
     def make_id(upn: str, m365_calendar_id: str | None, caldav_calendar_url: str) -> str:
@@ -95,6 +108,9 @@ class ItemLink:
     caldav_etag: str | None = None
     caldav_fingerprint: str | None = None
     updated_at: datetime = field(default_factory=utcnow)
+    #: The side the event came from when the service created the copy on the other side;
+    #: None when the pair was found on both sides (then neither is a mere copy).
+    origin: str | None = None
 
     @property
     def link_id(self) -> str:
@@ -149,6 +165,25 @@ class RunStatus:
 
 
 @dataclass
+class AuditEntry:
+    """One write the service made to a calendar (kept 30 days)."""
+
+    upn: str
+    pairing_id: str
+    side: str  # the side written: "m365" or "caldav"
+    action: str  # "create" | "update" | "delete"
+    item_id: str | None
+    hash_before: str | None  # content fingerprint the side held before (None: nothing)
+    hash_after: str | None  # content fingerprint written (None: deleted)
+    trigger: str  # "timer" | "webhook" | "manual" | "lifecycle" | ... (as the run was started)
+    at: datetime = field(default_factory=utcnow)
+
+
+#: Audit rows older than this are aged out (by partition on Table Storage).
+AUDIT_RETENTION = timedelta(days=30)
+
+
+@dataclass
 class Subscription:
     """One Microsoft Graph change-notification subscription (Graph ``subscription`` entity).
 
@@ -198,6 +233,9 @@ class StateStore(Protocol):
         """Save many links; on Table Storage in transactions of at most 100 per partition."""
         ...
     def delete_link(self, pairing_id: str, uid: str) -> None: ...
+    def delete_pairing(self, pairing: Pairing) -> None:
+        """Remove the pairing and everything kept for it (links, cursors, pending, status)."""
+        ...
 
     # cursors (delta link / sync token), saved only after a run's plan was applied
     def get_cursor(self, pairing_id: str, side: str) -> str | None: ...
@@ -211,6 +249,17 @@ class StateStore(Protocol):
     # status
     def save_status(self, status: RunStatus) -> None: ...
     def get_status(self, pairing_id: str) -> RunStatus | None: ...
+
+    # audit log: one row per write the service made, queryable by user and time
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None: ...
+    def audit(self, upn: str, since: datetime, until: datetime) -> list[AuditEntry]:
+        """The user's rows with ``since <= at < until``, oldest first."""
+        ...
+
+    def purge_audit(self, older_than: datetime) -> int:
+        """Remove rows written before ``older_than`` (whole day partitions on Table
+        Storage); returns how many rows went."""
+        ...
 
     # Graph change-notification subscriptions (looked up by id on every notification)
     def save_subscription(self, subscription: Subscription) -> None: ...

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -28,8 +28,22 @@ def to_dict(record: object) -> dict[str, Any]:
     return out
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of ``cls`` (resolved once per class)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    hints = typing.get_type_hints(cls)
+    """The record of ``data``. A field missing from ``data`` (a record written before the
+    field existed) gets its default; a key that is no field (written by a newer version)
+    is ignored."""
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name not in data:
@@ -53,6 +67,22 @@ def dumps(record: object) -> str:
 
 def loads(cls: type[T], raw: str) -> T:
     return from_dict(cls, json.loads(raw))
+
+
+# --- time keys ----------------------------------------------------------------------------
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive value is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def time_key(value: datetime) -> str:
+    """``value`` as fixed-width UTC text, ``20261124T080000.000000Z``: sorting the text sorts
+    the instants (microsecond resolution), so both backends compare and range-query it."""
+    d = as_utc(value)
+    return (f"{d.year:04d}{d.month:02d}{d.day:02d}T{d.hour:02d}{d.minute:02d}{d.second:02d}"
+            f".{d.microsecond:06d}Z")
 
 
 # --- per-user coordination rules, shared by every backend ------------------------------------

@@ -9,6 +9,9 @@ request and lease rows are read-modified-written inside ``BEGIN IMMEDIATE`` tran
 which take SQLite's write lock before the read, so two processes never both see the row
 free (SQLite "Locking And Concurrency": a RESERVED lock admits one writer at a time).
 Within one process the store's lock serialises the shared connection.
+
+Audit rows keep ``at`` as fixed-width UTC text (``records.time_key``), so the ``(upn, at)``
+index answers a user's time range and the ``at`` index the purge by age.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sync_core.state.base import (
+    AuditEntry,
     ItemLink,
     Pairing,
     PendingItem,
@@ -31,7 +35,7 @@ from sync_core.state.base import (
     link_id_for,
     utcnow,
 )
-from sync_core.state.records import LeaseRecord, dumps, lease_takeable, loads, merge_sync_request
+from sync_core.state.records import LeaseRecord, dumps, lease_takeable, loads, merge_sync_request, time_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (upn TEXT PRIMARY KEY, enabled INTEGER NOT NULL, data TEXT NOT NULL);
@@ -49,6 +53,9 @@ CREATE TABLE IF NOT EXISTS subscriptions (subscription_id TEXT PRIMARY KEY, upn 
 CREATE INDEX IF NOT EXISTS subscriptions_upn ON subscriptions(upn);
 CREATE TABLE IF NOT EXISTS sync_requests (upn TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (upn TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (upn TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_upn_at ON audit(upn, at);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 """
 
 #: How long a statement waits for another process's write lock before "database is locked".
@@ -127,6 +134,13 @@ class SQLiteStateStore:
     def delete_link(self, pairing_id: str, uid: str) -> None:
         self._exec("DELETE FROM links WHERE pairing_id = ? AND link_id = ?", (pairing_id, link_id_for(uid)))
 
+    def delete_pairing(self, pairing: Pairing) -> None:
+        """The pairing row, its links, cursors, pending rows and status in one transaction."""
+        pid = (pairing.pairing_id,)
+        with self._write_tx() as db:
+            for table in ("links", "cursors", "pending", "status", "pairings"):
+                db.execute(f"DELETE FROM {table} WHERE pairing_id = ?", pid)
+
     # cursors
     def get_cursor(self, pairing_id: str, side: str) -> str | None:
         rows = self._exec("SELECT cursor FROM cursors WHERE pairing_id = ? AND side = ?", (pairing_id, side))
@@ -158,6 +172,24 @@ class SQLiteStateStore:
     def get_status(self, pairing_id: str) -> RunStatus | None:
         rows = self._exec("SELECT data FROM status WHERE pairing_id = ?", (pairing_id,))
         return loads(RunStatus, str(rows[0][0])) if rows else None
+
+    # audit
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """All rows in one transaction."""
+        rows = [(e.upn.casefold(), time_key(e.at), dumps(e)) for e in entries]
+        if not rows:
+            return
+        with self._write_tx() as db:
+            db.executemany("INSERT INTO audit VALUES (?, ?, ?)", rows)
+
+    def audit(self, upn: str, since: datetime, until: datetime) -> list[AuditEntry]:
+        rows = self._exec("SELECT data FROM audit WHERE upn = ? AND at >= ? AND at < ? ORDER BY at, rowid",
+                          (upn.casefold(), time_key(since), time_key(until)))
+        return [loads(AuditEntry, str(r[0])) for r in rows]
+
+    def purge_audit(self, older_than: datetime) -> int:
+        with self._write_tx() as db:
+            return db.execute("DELETE FROM audit WHERE at < ?", (time_key(older_than),)).rowcount
 
     # subscriptions
     def save_subscription(self, subscription: Subscription) -> None:

@@ -12,6 +12,7 @@ case-folded UPN; *pid* = the escaped pairing id)::
     {p}pending         pid               side "|" item id          side
     {p}status          pid               "status"                  -
     {p}subscriptions   subscription id   "subscription"            upn (case-folded)
+    {p}audit           day "~" user      time "~" random           upn (case-folded)
 
 Every entity keeps its record as the same JSON the SQLite backend stores (``records.py``)
 in the string property ``data``, continued in ``data1``, ``data2``, ... when longer than
@@ -20,6 +21,17 @@ request) shares a partition, and so does everything of one pairing (a pairing be
 exactly one user), so each read is a point lookup or a single-partition query and each
 batch is one entity group transaction. A subscription is partitioned by its own id
 because every Graph change notification looks it up by id alone.
+
+Audit rows are partitioned by UTC day *and* user: PartitionKey ``yyyymmdd~<user>`` (the
+escaped user key never holds a bare ``~``, and the day is fixed width), RowKey the row's
+``at`` as fixed-width UTC text with microseconds (``records.time_key``) + ``~`` + 8 random
+hex digits, so rows are unique and sort by time within the partition (rows of one
+microsecond in no particular order). A user's time range is one partition query per day
+(a RowKey range on the first and last day), never a scan: the days start at the first
+stored partition on or after ``since`` (one single-entity probe) and run to tomorrow; days
+beyond that (rows stamped ahead of this clock) are one key-range query, normally empty.
+Aging out deletes whole day partitions found by ``PartitionKey lt '<day>'``, plus the
+older rows of the cutoff day itself (a RowKey range over that day's partitions).
 
 Table Storage rules implemented here (Microsoft Learn, "Understanding the Table service
 data model", "Performing entity group transactions", "Query timeout and pagination"):
@@ -45,10 +57,11 @@ import hashlib
 import json
 import random
 import re
+import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from azure.core import MatchConditions
@@ -62,6 +75,7 @@ from azure.data.tables import TableClient, TableEntity, TableServiceClient, Tabl
 
 from sync_core.errors import DavbridgeError
 from sync_core.state.base import (
+    AuditEntry,
     ItemLink,
     Pairing,
     PendingItem,
@@ -72,7 +86,15 @@ from sync_core.state.base import (
     link_id_for,
     utcnow,
 )
-from sync_core.state.records import LeaseRecord, dumps, lease_takeable, loads, merge_sync_request
+from sync_core.state.records import (
+    LeaseRecord,
+    as_utc,
+    dumps,
+    lease_takeable,
+    loads,
+    merge_sync_request,
+    time_key,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -173,6 +195,30 @@ def compound_key(*parts: str) -> str:
     return _fit_key("|".join(_escape_chars(p) for p in parts), json.dumps(list(parts)))
 
 
+def day_key(day: date) -> str:
+    """``yyyymmdd``: the day part of an audit PartitionKey."""
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}"
+
+
+def audit_partition(day: date, upn: str) -> str:
+    """PartitionKey of one user's audit rows of one UTC day: ``yyyymmdd~<user key>``."""
+    return day_key(day) + _ESC + user_key(upn)
+
+
+def _parse_day(key: str) -> date:
+    return date(int(key[:4]), int(key[4:6]), int(key[6:8]))
+
+
+def _next_day(day: date) -> date | None:
+    return day + timedelta(days=1) if day < date.max else None
+
+
+def _day_after_key(day: date) -> str:
+    """A key above every audit PartitionKey of ``day`` (and below the next day's)."""
+    nxt = _next_day(day)
+    return day_key(nxt) if nxt is not None else "99999999~~"
+
+
 # --- entities -----------------------------------------------------------------------------
 
 #: A string property holds at most 64 KiB = 32,768 UTF-16 code units; chunks stay below.
@@ -267,7 +313,10 @@ def _lost_race(exc: HttpResponseError) -> bool:
 
 # --- the store ----------------------------------------------------------------------------
 
-KINDS = ("users", "pairings", "links", "cursors", "pending", "status", "subscriptions", "coordination")
+KINDS = ("users", "pairings", "links", "cursors", "pending", "status", "subscriptions", "coordination", "audit")
+#: The tables kept per pairing, all partitioned by the pairing id.
+_PAIRING_KINDS = ("links", "cursors", "pending", "status")
+_KEYS_ONLY = ["PartitionKey", "RowKey"]
 #: Table names: 3-63 alphanumeric characters, starting with a letter.
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]{0,49}")
 _USER_ROW = "user"
@@ -367,6 +416,56 @@ class TableStateStore:
                 table.submit_transaction(
                     [("upsert", e, {"mode": UpdateMode.REPLACE}) if op == "upsert" else (op, e) for op, e in batch])
 
+    def _keys(self, kind: str, query: str, **params: Any) -> Iterable[dict[str, Any]]:
+        """PartitionKey and RowKey of every matching entity (nothing else is transferred)."""
+        return self._table(kind).query_entities(query, parameters=params, select=_KEYS_ONLY)
+
+    def _first_key(self, kind: str, query: str, **params: Any) -> str | None:
+        """PartitionKey of the first matching entity (results come in key order): one entity
+        read, however many match."""
+        rows = self._table(kind).query_entities(query, parameters=params, select=["PartitionKey"],
+                                                results_per_page=1)
+        first = next(iter(rows), None)
+        return str(first["PartitionKey"]) if first is not None else None
+
+    def _delete_rows(self, kind: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Delete the rows with the keys of ``rows`` in transactions of <= 100 per partition,
+        consuming ``rows`` as it goes (a query pager: memory stays one page; a continuation
+        token points past the rows already returned, so deleting them does not disturb it).
+        Returns how many rows this call deleted.
+
+        A transaction fails as a whole on a missing entity: a row deleted concurrently makes
+        that batch fall back to single deletes, which ignore 404 (and are not counted)."""
+        table = self._table(kind)
+        deleted = 0
+        group: list[tuple[str, dict[str, Any]]] = []
+
+        def flush() -> int:
+            done = 0
+            for batch in _batches(group):
+                try:
+                    table.submit_transaction(batch)
+                    done += len(batch)
+                except TableTransactionError as exc:
+                    if exc.status_code != 404 and getattr(exc, "error_code", None) != "ResourceNotFound":
+                        raise
+                    done += sum(self._delete_one(kind, e["PartitionKey"], e["RowKey"]) for _, e in batch)
+            group.clear()
+            return done
+
+        for row in rows:
+            if group and (group[0][1]["PartitionKey"] != row["PartitionKey"] or len(group) >= _MAX_BATCH_OPERATIONS):
+                deleted += flush()
+            group.append(("delete", {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]}))
+        return deleted + flush()
+
+    def _delete_one(self, kind: str, pk: str, rk: str) -> bool:
+        """Delete one row; False when it was already gone."""
+        deleted: list[bool] = []
+        # delete_entity swallows 404; the response callback runs only on 204 (deleted).
+        self._table(kind).delete_entity(pk, rk, cls=lambda *_: deleted.append(True))
+        return bool(deleted)
+
     def _attempts(self) -> Iterator[int]:
         for attempt in range(RACE_ATTEMPTS):
             if attempt:
@@ -441,6 +540,15 @@ class TableStateStore:
     def delete_link(self, pairing_id: str, uid: str) -> None:
         self._table("links").delete_entity(escape_key(pairing_id), escape_key(link_id_for(uid)))
 
+    def delete_pairing(self, pairing: Pairing) -> None:
+        """The pairing's partitions of links, cursors, pending and status (batched deletes),
+        then the pairing row last: a crash half-way leaves the pairing listed, so deleting it
+        again finishes the job (every step ignores what is already gone)."""
+        pk = escape_key(pairing.pairing_id)
+        for kind in _PAIRING_KINDS:
+            self._delete_rows(kind, self._keys(kind, "PartitionKey eq @pk", pk=pk))
+        self._table("pairings").delete_entity(user_key(pairing.upn), pk)
+
     # cursors
     def get_cursor(self, pairing_id: str, side: str) -> str | None:
         entity = self._get("cursors", escape_key(pairing_id), escape_key(side))
@@ -468,19 +576,8 @@ class TableStateStore:
         wanted = {compound_key(side, i) for i in item_ids}
         if not wanted:
             return
-        pk = escape_key(pairing_id)
-        present = [e["RowKey"] for e in self._table("pending").query_entities(
-            "PartitionKey eq @pk and side eq @side", parameters={"pk": pk, "side": side}, select=["RowKey"])]
-        doomed = [("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in present if rk in wanted]
-        table = self._table("pending")
-        for batch in _batches(doomed):
-            try:
-                table.submit_transaction(batch)
-            except TableTransactionError as exc:
-                if exc.status_code != 404 and getattr(exc, "error_code", None) != "ResourceNotFound":
-                    raise
-                for _, entity in batch:
-                    table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+        present = self._keys("pending", "PartitionKey eq @pk and side eq @side", pk=escape_key(pairing_id), side=side)
+        self._delete_rows("pending", [e for e in present if e["RowKey"] in wanted])
 
     # status
     def save_status(self, status: RunStatus) -> None:
@@ -488,6 +585,53 @@ class TableStateStore:
 
     def get_status(self, pairing_id: str) -> RunStatus | None:
         return self._load(RunStatus, "status", escape_key(pairing_id), _STATUS_ROW)
+
+    # audit
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Transactions of <= 100 rows per (day, user) partition."""
+        self._submit("audit", [("upsert", _entity(
+            "audit", audit_partition(as_utc(e.at).date(), e.upn), time_key(e.at) + _ESC + secrets.token_hex(4),
+            dumps(e), upn=e.upn.casefold())) for e in entries])
+
+    def audit(self, upn: str, since: datetime, until: datetime) -> list[AuditEntry]:
+        since, until = as_utc(since), as_utc(until)
+        if since >= until:
+            return []
+        first, last = since.date(), (until - timedelta(microseconds=1)).date()
+        lo, hi = time_key(since), time_key(until)
+        stored = self._first_key("audit", "PartitionKey ge @pk", pk=day_key(first))
+        if stored is None:
+            return []
+        day: date | None = max(first, _parse_day(stored))
+        horizon = min(last, (utcnow() + timedelta(days=1)).date())
+        entities: list[dict[str, Any]] = []
+        while day is not None and day <= horizon:
+            query, params = "PartitionKey eq @pk", {"pk": audit_partition(day, upn)}
+            if day == first:
+                query, params["lo"] = query + " and RowKey ge @lo", lo
+            if day == last:
+                query, params["hi"] = query + " and RowKey lt @hi", hi
+            entities.extend(self._query("audit", query, **params))
+            day = _next_day(day)
+        if day is not None and day <= last:  # rows stamped ahead of this clock
+            entities.extend(e for e in self._query(
+                "audit", "PartitionKey ge @lo and PartitionKey lt @hi and upn eq @upn",
+                lo=day_key(day), hi=_day_after_key(last), upn=upn.casefold())
+                if lo <= e["RowKey"] < hi)
+        entities.sort(key=lambda e: str(e["RowKey"]))  # RowKey starts with the time
+        return [loads(AuditEntry, _data(e)) for e in entities]
+
+    def purge_audit(self, older_than: datetime) -> int:
+        """Whole partitions of the days before ``older_than``'s day, then the older rows of
+        that day itself; returns how many rows this call deleted."""
+        cutoff = as_utc(older_than)
+        day = cutoff.date()
+        purged = self._delete_rows("audit", self._keys("audit", "PartitionKey lt @day", day=day_key(day)))
+        if cutoff.time() != datetime.min.time():
+            purged += self._delete_rows("audit", self._keys(
+                "audit", "PartitionKey gt @day and PartitionKey lt @next and RowKey lt @at",
+                day=day_key(day), next=_day_after_key(day), at=time_key(cutoff)))
+        return purged
 
     # subscriptions
     def save_subscription(self, subscription: Subscription) -> None:
