@@ -38,6 +38,7 @@ from sync_core.state.base import (
 log = logging.getLogger("davbridge.admin")
 
 AUTHENTICATED = "authenticated"
+WAITING_FOR_SIGN_IN = "waiting for the user's sign-in"
 MIN_FUTURE_DAYS = 365
 
 
@@ -130,7 +131,7 @@ class OnboardReport:
 
     @property
     def ok(self) -> bool:
-        return self.user.auth_status == AUTHENTICATED
+        return self.user.auth_status in (AUTHENTICATED, WAITING_FOR_SIGN_IN)
 
     def as_json(self) -> dict[str, Any]:
         return {"user": self.user.upn, "enabled": self.user.enabled, "auth_status": self.user.auth_status,
@@ -178,8 +179,15 @@ def add_user(services: Services, upn: str, *, caldav_url: str, caldav_username: 
     graph_reason = _graph_reason(services, user)
     reasons = [r for r in (reason, graph_reason) if r]
     user.auth_status = AUTHENTICATED if not reasons else "authentication failed: " + "; ".join(reasons)
+    if not reasons and auth_mode == "delegated" and services.delegated_token_missing(user.upn):
+        user.auth_status = WAITING_FOR_SIGN_IN
     services.store.save_user(user)
-    if reason is None and graph_reason is None:
+    if user.auth_status == WAITING_FOR_SIGN_IN:
+        # Primary <-> primary needs nothing from Graph; more calendars once the user signed in.
+        report.pairings = _pair_calendars(services, user, found, caldav_calendar, "primary", settings, report,
+                                          graph_known=False)
+        report.notes.append("the user signs in once with the link from `davbridge users auth-link`")
+    elif reason is None and graph_reason is None:
         report.pairings = _pair_calendars(services, user, found, caldav_calendar, calendars, settings, report)
     elif existing is not None:
         report.pairings = services.store.list_pairings(user.upn)
@@ -208,12 +216,19 @@ def check_user(services: Services, upn: str) -> UserRecord:
                                         timeout=services.settings.caldav_timeout_seconds)
         reasons = [r for r in (reason, _graph_reason(services, user)) if r]
     user.auth_status = AUTHENTICATED if not reasons else "authentication failed: " + "; ".join(reasons)
+    if not reasons and user.auth_mode == "delegated" and services.delegated_token_missing(user.upn):
+        user.auth_status = WAITING_FOR_SIGN_IN
     services.store.save_user(user)
+    if user.auth_status == AUTHENTICATED and not services.store.list_pairings(user.upn):
+        found, _ = checks.check_caldav(user.caldav_url, user.caldav_username, services.caldav_password(user),
+                                       timeout=services.settings.caldav_timeout_seconds)
+        _pair_calendars(services, user, found, None, "primary", None, OnboardReport(user))
     return user
 
 
 def _pair_calendars(services: Services, user: UserRecord, found: list[Any], caldav_calendar: str | None,
-                    calendars: str, settings: PairingSettings | None, report: OnboardReport) -> list[Pairing]:
+                    calendars: str, settings: PairingSettings | None, report: OnboardReport, *,
+                    graph_known: bool = True) -> list[Pairing]:
     now = utcnow()
     existing = {p.pairing_id: p for p in services.store.list_pairings(user.upn)}
     events = [c for c in found if c.supports_events]
@@ -224,10 +239,13 @@ def _pair_calendars(services: Services, user: UserRecord, found: list[Any], cald
     if primary is None:
         report.notes.append("no CalDAV event calendar to pair")
         return list(existing.values())
-    graph = services.graph_for(user)
-    graph_cals = checks.graph_calendars(graph, user.upn)
-    default = next((c for c in graph_cals if c.is_default), None)
-    wanted: list[tuple[Any, Any]] = [(primary, default)]
+    if not graph_known:
+        wanted: list[tuple[Any, Any]] = [(primary, None)]
+        calendars = "primary"
+    else:
+        graph = services.graph_for(user)
+        graph_cals = checks.graph_calendars(graph, user.upn)
+        wanted = [(primary, next((c for c in graph_cals if c.is_default), None))]
     if calendars == "all":
         for cal in events:
             if cal is primary:

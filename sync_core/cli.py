@@ -421,7 +421,8 @@ def _short(value: Any) -> str:
 
 
 def _secrets_set(services: Services, args: argparse.Namespace) -> int:
-    value = sys.stdin.readline().rstrip("\r\n") if not sys.stdin.isatty() else getpass.getpass(f"{args.name}: ")
+    # All of stdin (a certificate PEM has many lines); a prompt when typing at a terminal.
+    value = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else getpass.getpass(f"{args.name}: ")
     services.secrets.set(args.name, value)
     print(f"stored secret {args.name}")
     return 0

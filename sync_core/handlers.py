@@ -100,7 +100,7 @@ def timer_tick(services: Services, *, now: datetime | None = None, workers: int 
                renew_budget_seconds: float = 120.0) -> dict[str, int]:
     """Every ~5 minutes: one coalesced sync request per enabled user, then subscription upkeep
     (renew those expiring within 24 h, remove those of disabled users, ask the worker to
-    create missing ones). One user's failure never stops the others."""
+    create missing ones) and aging out the audit log. One user's failure never stops the others."""
     now = now or utcnow()
     store = services.store
     users = store.list_users(enabled_only=True)
@@ -123,6 +123,10 @@ def timer_tick(services: Services, *, now: datetime | None = None, workers: int 
         results = list(pool.map(enqueue, users))
     counts = {k: results.count(k) for k in ("enqueued", "merged", "failed")}
     counts.update(_subscription_upkeep(services, users, subs, now, renew_budget_seconds) if webhooks else {})
+    try:  # the audit log keeps 30 days: old day partitions go (an empty range when nothing is due)
+        counts["audit_aged_out"] = services.purge_audit()
+    except Exception:
+        log.exception("aging out the audit log failed; the next tick tries again")
     log.info("timer tick: %s", counts)
     return counts
 

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import azure.functions as func
 import pytest
 from admin_world import AdminWorld, make_admin_world
-from scenario_world import day, graph_time, ical_time
+from scenario_world import SECRET, TENANT, day, graph_time, ical_time
 
 from devtools.graphsim import GraphSim
 from devtools.servers import READONLY_CALENDARS, CalDAVServer
@@ -146,8 +148,9 @@ def test_first_sync_cap_copies_upcoming_events_first_then_the_recent_past(admin_
     for offset in (-20, -10, -2, 1, 3, 5):
         w.caldav.put(f"Event {offset:+d}", ical_time(day(offset)), ical_time(day(offset, 10)))
     w.add("--caldav-calendar", w.caldav.calendar_url, "--first-sync-cap", "4")
-    _, out, _ = w.cli("sync", "--user", w.upn, "--no-progress")
+    _, out, err = w.cli("sync", "--user", w.upn)
     assert "created_m365=4" in out
+    assert f"sync {w.upn}" in err and "4/4" in err  # the progress bar (plain lines off a terminal)
     subjects = sorted(e["subject"] for e in w.graph.events(w.upn))
     assert subjects == sorted(["Event +1", "Event +3", "Event +5", "Event -2"])
     _, status, _ = w.cli("status", "--user", w.upn)
@@ -310,3 +313,68 @@ def test_rotate_and_revoke(admin_world: AdminWorld) -> None:
     assert w.server.password not in secrets.values()
     # Re-adding the user later works (the secret name is written again).
     assert "authenticated" in w.add("--caldav-calendar", w.caldav.calendar_url)
+
+
+def test_app_only_with_a_certificate(admin_world: AdminWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trustme
+
+    w = admin_world
+    leaf = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert("davbridge", key_type=trustme.KeyType.RSA)
+    pem = leaf.private_key_pem.bytes().decode() + leaf.cert_chain_pems[0].bytes().decode()
+    client = f"cert-{w.upn[:13]}"
+    w.sim.register_app(TENANT, client, certificate_pem=leaf.cert_chain_pems[0].bytes().decode())
+    monkeypatch.setenv("GRAPH_CLIENT_ID", client)
+    secrets = json.loads((w.home / "secrets.json").read_text())
+    secrets.pop("graph-client-secret")
+    (w.home / "secrets.json").write_text(json.dumps(secrets))
+    w.cli("secrets", "set", "graph-client-certificate", stdin=pem)
+    w.graph.create(w.upn, "Via certificate", graph_time(day(2)), graph_time(day(2, 10)))
+    assert "authenticated" in w.add("--caldav-calendar", w.caldav.calendar_url)
+    w.cli("sync", "--user", w.upn, "--no-progress")
+    assert [o.prop("SUMMARY") for o in w.caldav.objects()] == ["Via certificate"]
+
+
+def test_delegated_user_signs_in_through_the_http_functions(admin_world: AdminWorld,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    import function_app
+
+    w = admin_world
+    callback = "https://davbridge.example/api/auth/callback"
+    client = f"deleg-{w.upn[:13]}"
+    w.sim.register_app(TENANT, client, client_secret=SECRET, redirect_uris=[callback])
+    monkeypatch.setenv("GRAPH_CLIENT_ID", client)
+    monkeypatch.setenv("DAVBRIDGE_AUTH_REDIRECT_URL", callback)
+    out = w.add("--caldav-calendar", w.caldav.calendar_url, "--delegated")
+    assert "waiting for the user's sign-in" in out and "auth/start?" in out
+    _, link, _ = w.cli("users", "auth-link", w.upn)
+    query = dict(parse_qsl(urlsplit(link.strip()).query))
+
+    start = function_app.auth_start.build().get_user_function()
+    finish = function_app.auth_callback.build().get_user_function()
+    forged = start(func.HttpRequest("GET", "/api/auth/start", body=b"", params={**query, "upn": "ceo@contoso.test"}))
+    assert forged.status_code == 403
+    to_microsoft = start(func.HttpRequest("GET", "/api/auth/start", body=b"", params=query))
+    assert to_microsoft.status_code == 302
+    # The browser at Microsoft's sign-in page, which sends it back to the callback.
+    answer = requests.get(to_microsoft.headers["Location"], allow_redirects=False, verify=w.sim.ca_path, timeout=10)
+    assert answer.status_code == 302 and answer.headers["Location"].startswith(callback + "?")
+    back = dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
+    done = finish(func.HttpRequest("GET", "/api/auth/callback", body=b"", params=back))
+    assert done.status_code == 200 and "authenticated" in done.get_body().decode()
+    replay = finish(func.HttpRequest("GET", "/api/auth/callback", body=b"", params=back))
+    assert replay.status_code == 400
+
+    # Syncs with the user's own token now.
+    w.graph.create(w.upn, "Delegated sync", graph_time(day(2)), graph_time(day(2, 10)))
+    w.cli("sync", "--user", w.upn, "--no-progress")
+    assert [o.prop("SUMMARY") for o in w.caldav.objects()] == ["Delegated sync"]
+    token_requests = [r for r in w.sim.request_log if r["path"].endswith("/oauth2/v2.0/token")]
+    assert token_requests
+    # Revoked: the token cache is gone from the secrets store.
+    from sync_core.delegated import token_cache_secret_name
+
+    assert token_cache_secret_name(w.upn) in json.loads((w.home / "secrets.json").read_text())
+    w.cli("users", "revoke", w.upn)
+    assert token_cache_secret_name(w.upn) not in json.loads((w.home / "secrets.json").read_text())

@@ -19,7 +19,7 @@ from sync_core import handlers
 from sync_core.queue import MemorySyncQueue, SyncMessage
 from sync_core.services import Services
 from sync_core.settings import Settings
-from sync_core.state.base import Pairing, Subscription, UserRecord
+from sync_core.state.base import AuditEntry, Pairing, Subscription, UserRecord
 from sync_core.webhooks import client_state
 
 ADA = "ada@contoso.test"
@@ -227,6 +227,11 @@ def test_timer_enqueues_each_enabled_user_once(embedded: Services) -> None:
     tick(TimerRequest(past_due=False))  # Ada's request is still pending: merged, not re-sent
     assert [m.upn for m in _queue(embedded).drain()] == ["bob@contoso.test"]
     assert embedded.secrets.get(embedded.settings.client_state_key_name)  # the timer made the key
+    # ... and ages out the audit log.
+    old = datetime.now(UTC) - timedelta(days=31)
+    embedded.store.append_audit([AuditEntry(ADA, "p1", "m365", "create", "x", None, "h", "timer", old)])
+    tick(TimerRequest(past_due=False))
+    assert embedded.store.audit(ADA, old - timedelta(days=1), datetime.now(UTC)) == []
 
 
 def _admin(method: str, path: str, params: dict[str, str] | None = None) -> func.HttpResponse:
