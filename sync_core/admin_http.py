@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from sync_core import admin, handlers
-from sync_core.bulk import RowReport
+from sync_core.bulk import RowReport, decode_csv
 from sync_core.errors import AuthenticationFailed, DavbridgeError
 from sync_core.services import Services
 
@@ -121,7 +121,7 @@ def _route(services: Services, method: str, parts: list[str], params: dict[str, 
         case ("POST", ["users", "import"]):
             if len(body) > MAX_BODY:
                 raise admin.AdminError("the CSV is too large")
-            reports = admin.import_users(services, body.decode("utf-8-sig"))
+            reports = admin.import_users(services, decode_csv(body))
             failed = any(r.result == "failed" for r in reports)
             return _json(207 if failed else 200, _reports(reports))
         case ("GET", ["users", "export"]):

@@ -28,8 +28,7 @@ import io
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -340,63 +339,6 @@ _PARSERS: dict[str, Any] = {
     "privacy_title": _text,
     "calendars": _choice(Calendars),
 }
-
-
-# -- apply (pure: records in, records out) -----------------------------------------------------
-def apply_to_user(row: UserRow, user: UserRecord | None) -> UserRecord:
-    """The user record after ``row``: a new one, or a changed copy of ``user`` (empty cells keep
-    its values). A new user needs caldav_url, caldav_username and caldav_password."""
-    if user is None:
-        missing = [n for n in ("caldav_url", "caldav_username", "caldav_password") if not getattr(row, n)]
-        if missing:
-            raise BulkRowError(row.row, f"{', '.join(missing)} {'are' if len(missing) > 1 else 'is'} "
-                                        f"needed for a new user")
-        assert row.caldav_url is not None and row.caldav_username is not None
-        return UserRecord(upn=row.upn, caldav_url=row.caldav_url, caldav_username=row.caldav_username,
-                          enabled=True if row.enabled is None else row.enabled)
-    return replace(user,
-                   caldav_url=user.caldav_url if row.caldav_url is None else row.caldav_url,
-                   caldav_username=user.caldav_username if row.caldav_username is None else row.caldav_username,
-                   enabled=user.enabled if row.enabled is None else row.enabled)
-
-
-def apply_to_pairing(row: UserRow, pairing: Pairing, *, now: datetime) -> Pairing:
-    """``pairing`` with the row's settings (empty cells keep its values; for a new pairing,
-    pass one built with the defaults). ``only_new`` true keeps an existing start instant and
-    otherwise starts at ``now``; false clears it."""
-    changes: dict[str, Any] = {}
-    for name in ("direction", "conflict_policy", "window_past_days", "window_future_days", "first_sync_cap",
-                 "privacy_title"):
-        value = getattr(row, name)
-        if value is not None:
-            changes[name] = value
-    if row.only_new is False:
-        changes["only_changes_after"] = None
-    elif row.only_new and pairing.only_changes_after is None:
-        changes["only_changes_after"] = now
-    result = replace(pairing, **changes)
-    if result.privacy_title is not None and result.direction is Direction.TWO_WAY:
-        raise BulkRowError(row.row, "privacy_title needs a one-way direction (m365-to-caldav or caldav-to-m365)")
-    return result
-
-
-def row_result(before: UserRecord | None, after: UserRecord, pairings_before: Sequence[Pairing] = (),
-               pairings_after: Sequence[Pairing] = (), *, password_changed: bool = False) -> str:
-    """created | updated | unchanged | enabled | disabled for one applied row: "enabled" /
-    "disabled" when the enabled flag is the only change."""
-    if before is None:
-        return "created"
-    others_changed = (password_changed or replace(before, enabled=after.enabled) != after
-                      or sorted(pairings_before, key=_pid) != sorted(pairings_after, key=_pid))
-    if others_changed:
-        return "updated"
-    if before.enabled != after.enabled:
-        return "enabled" if after.enabled else "disabled"
-    return "unchanged"
-
-
-def _pid(p: Pairing) -> str:
-    return p.pairing_id
 
 
 # -- export -----------------------------------------------------------------------------------

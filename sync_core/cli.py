@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sync_core import admin
-from sync_core.bulk import format_report_table, report_csv
+from sync_core.bulk import decode_csv, format_report_table, report_csv
 from sync_core.engine import PairingOutcome, UserOutcome
 from sync_core.errors import DavbridgeError
 from sync_core.progress import Progress
@@ -245,7 +245,7 @@ def _users_enable(services: Services, args: argparse.Namespace) -> int:
 
 
 def _users_import(services: Services, args: argparse.Namespace) -> int:
-    text = args.file.read_text(encoding="utf-8-sig")
+    text = decode_csv(args.file.read_bytes())
     rows = max(0, sum(1 for line in text.splitlines() if line.strip()) - 1)
     with Progress(rows, "import") as bar:
         reports = admin.import_users(services, text, on_row=lambda _: bar.advance())

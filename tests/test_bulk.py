@@ -17,19 +17,15 @@ from sync_core.bulk import (
     COLUMNS,
     EXPORT_COLUMNS,
     BulkFileError,
-    BulkRowError,
     Calendars,
     RowReport,
     UserRow,
-    apply_to_pairing,
-    apply_to_user,
     decode_csv,
     export_users_csv,
     format_report_table,
     parse_users_csv,
     primary_pairing,
     report_csv,
-    row_result,
 )
 from sync_core.errors import DavbridgeError
 from sync_core.state.base import ConflictPolicy, Direction, Pairing, UserRecord
@@ -389,69 +385,6 @@ def test_primary_pairing() -> None:
     assert primary_pairing([pairing("a@b.co", "X")]) is None
 
 
-# -- apply ------------------------------------------------------------------------------------
-def test_new_user_needs_url_username_and_password() -> None:
-    with pytest.raises(BulkRowError, match="row 2: caldav_url, caldav_username, caldav_password are needed") as info:
-        apply_to_user(UserRow(2, "a@b.co"), None)
-    assert isinstance(info.value, DavbridgeError)
-    user = apply_to_user(UserRow(2, "a@b.co", caldav_url="https://d/", caldav_username="ann",
-                                 caldav_password=SECRET), None)
-    assert (user.upn, user.caldav_url, user.caldav_username, user.enabled) == ("a@b.co", "https://d/", "ann", True)
-    assert SECRET not in repr(user)
-
-
-def test_empty_cells_keep_the_existing_user_and_pairing() -> None:
-    user = UserRecord(upn="a@b.co", caldav_url="https://d/", caldav_username="ann", enabled=False)
-    p = pairing("a@b.co", direction=Direction.M365_TO_CALDAV, window_past_days=5, first_sync_cap=9,
-                only_changes_after=NOW, privacy_title="Busy")
-    row = UserRow(2, "a@b.co")
-    assert apply_to_user(row, user) == user
-    assert apply_to_pairing(row, p, now=datetime(2030, 1, 1, tzinfo=UTC)) == p
-    assert row_result(user, apply_to_user(row, user), [p], [p]) == "unchanged"
-
-
-def test_apply_changes_and_only_new() -> None:
-    p = pairing("a@b.co")
-    changed = apply_to_pairing(UserRow(2, "a@b.co", direction=Direction.CALDAV_TO_M365, window_future_days=700,
-                                       only_new=True, privacy_title="Busy"), p, now=NOW)
-    assert (changed.direction, changed.window_future_days, changed.only_changes_after, changed.privacy_title) == (
-        Direction.CALDAV_TO_M365, 700, NOW, "Busy")
-    later = datetime(2027, 1, 1, tzinfo=UTC)
-    assert apply_to_pairing(UserRow(3, "a@b.co", only_new=True), changed, now=later).only_changes_after == NOW
-    assert apply_to_pairing(UserRow(3, "a@b.co", only_new=False), changed, now=later).only_changes_after is None
-
-
-def test_apply_rejects_privacy_title_on_a_two_way_pairing() -> None:
-    with pytest.raises(BulkRowError, match="row 4: privacy_title needs a one-way direction"):
-        apply_to_pairing(UserRow(4, "a@b.co", privacy_title="Busy"), pairing("a@b.co"), now=NOW)
-    one_way = pairing("a@b.co", direction=Direction.M365_TO_CALDAV, privacy_title="Busy")
-    with pytest.raises(BulkRowError, match="row 5: privacy_title needs a one-way direction"):
-        apply_to_pairing(UserRow(5, "a@b.co", direction=Direction.TWO_WAY), one_way, now=NOW)
-
-
-def test_row_result() -> None:
-    user = UserRecord(upn="a@b.co", caldav_url="https://d/", caldav_username="ann")
-    p = pairing("a@b.co")
-    off = replace(user, enabled=False)
-    assert row_result(None, user) == "created"
-    assert row_result(user, user, [p], [p]) == "unchanged"
-    assert row_result(user, off, [p], [p]) == "disabled"
-    assert row_result(off, user, [p], [p]) == "enabled"
-    assert row_result(user, off, [p], [replace(p, window_past_days=1)]) == "updated"
-    assert row_result(user, replace(user, caldav_username="x"), [p], [p]) == "updated"
-    assert row_result(user, user, [p], [p], password_changed=True) == "updated"
-    assert row_result(user, user, [], [p]) == "updated"
-
-
-# -- reports ----------------------------------------------------------------------------------
-def test_row_report_results_and_str() -> None:
-    with pytest.raises(ValueError, match="result must be one of"):
-        RowReport(2, "a@b.co", "ok")
-    assert str(RowReport(3, "a@b.co", "created")) == "row 3: a@b.co created"
-    assert str(RowReport(3, "a@b.co", "updated", "window_past_days")) == "row 3: a@b.co updated (window_past_days)"
-    assert str(RowReport(7, "a@b.co", "failed", "bad")) == "row 7: bad"
-
-
 def test_report_csv_and_table() -> None:
     reports = [RowReport(3, "b@b.co", "failed", "=HYPERLINK(x)"), RowReport(2, "a@b.co", "created"),
                RowReport(4, "c@b.co", "created")]
@@ -489,9 +422,6 @@ def test_password_is_not_in_any_report_or_error() -> None:
     outputs = [report_csv(reports), format_report_table(reports), *map(str, reports), *map(repr, reports)]
     for text in outputs:
         assert SECRET not in text
-    with pytest.raises(BulkRowError) as info:
-        apply_to_user(UserRow(9, "z@b.co", caldav_password=SECRET), None)
-    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
 
 
 def test_password_in_url_is_not_echoed() -> None:
@@ -510,6 +440,23 @@ def test_password_is_not_in_file_errors(text: str) -> None:
     with pytest.raises(BulkFileError) as info:
         parse_users_csv(text)
     assert SECRET not in str(info.value)
+
+
+def apply_to_user(row: UserRow, user: UserRecord | None) -> UserRecord:
+    """The user record a row describes (what the admin import stores), for round trips."""
+    assert user is None and row.caldav_url and row.caldav_username
+    return UserRecord(upn=row.upn, caldav_url=row.caldav_url, caldav_username=row.caldav_username,
+                      enabled=True if row.enabled is None else row.enabled)
+
+
+def apply_to_pairing(row: UserRow, p: Pairing, *, now: datetime) -> Pairing:
+    """The pairing with the row's settings (empty cells keep its values)."""
+    changes = {name: getattr(row, name) for name in ("direction", "conflict_policy", "window_past_days",
+                                                     "window_future_days", "first_sync_cap", "privacy_title")
+               if getattr(row, name) is not None}
+    if row.only_new is not None:
+        changes["only_changes_after"] = now if row.only_new else None
+    return replace(p, **changes)
 
 
 def test_password_is_never_exported() -> None:
