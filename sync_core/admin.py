@@ -194,11 +194,16 @@ def add_user(services: Services, upn: str, *, caldav_url: str, caldav_username: 
     return report
 
 
-def _graph_reason(services: Services, user: UserRecord) -> str | None:
+def _graph_reason(services: Services, user: UserRecord, *, fresh_token: bool = False) -> str | None:
     if user.auth_mode == "delegated" and services.delegated_token_missing(user.upn):
         return None  # checked when the user has signed in (davbridge users auth-link)
     try:
         graph = services.graph_for(user)
+        invalidate = getattr(graph.auth, "invalidate", None)
+        if fresh_token and invalidate is not None:
+            # Roles are fixed in a token when it is issued: after an admin granted consent, an
+            # explicit check must not be answered with the token from before.
+            invalidate()
     except DavbridgeError as exc:
         return f"Graph sign-in failed: {exc}"
     return checks.check_graph_mailbox(graph, user.upn)
@@ -214,7 +219,7 @@ def check_user(services: Services, upn: str) -> UserRecord:
     else:
         _, reason = checks.check_caldav(user.caldav_url, user.caldav_username, password,
                                         timeout=services.settings.caldav_timeout_seconds)
-        reasons = [r for r in (reason, _graph_reason(services, user)) if r]
+        reasons = [r for r in (reason, _graph_reason(services, user, fresh_token=True)) if r]
     user.auth_status = AUTHENTICATED if not reasons else "authentication failed: " + "; ".join(reasons)
     if not reasons and user.auth_mode == "delegated" and services.delegated_token_missing(user.upn):
         user.auth_status = WAITING_FOR_SIGN_IN

@@ -378,3 +378,16 @@ def test_delegated_user_signs_in_through_the_http_functions(admin_world: AdminWo
     assert token_cache_secret_name(w.upn) in json.loads((w.home / "secrets.json").read_text())
     w.cli("users", "revoke", w.upn)
     assert token_cache_secret_name(w.upn) not in json.loads((w.home / "secrets.json").read_text())
+
+
+def test_onboarding_names_a_missing_graph_permission(admin_world: AdminWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = admin_world
+    client = f"noperm-{w.upn[:13]}"
+    w.sim.register_app(TENANT, client, client_secret=SECRET, roles=())
+    monkeypatch.setenv("GRAPH_CLIENT_ID", client)
+    out = w.add("--caldav-calendar", w.caldav.calendar_url, expect=1)
+    assert "authentication failed: missing Graph permission" in out and "Calendars.ReadWrite" in out
+    # Consent granted later: `users check` turns the status around.
+    w.sim.register_app(TENANT, client, client_secret=SECRET)
+    status, answer = w.http("POST", f"users/{w.upn}/check")
+    assert status == 200 and answer["auth_status"] == "authenticated"
