@@ -146,7 +146,8 @@ def pairing_json(p: Pairing) -> dict[str, Any]:
             "window_future_days": p.window_future_days, "first_sync_cap": p.first_sync_cap,
             "only_changes_after": p.only_changes_after.isoformat() if p.only_changes_after else None,
             "privacy_title": p.privacy_title, "m365_read_only": p.m365_read_only,
-            "caldav_read_only": p.caldav_read_only}
+            "caldav_read_only": p.caldav_read_only, "blocked_deletes": p.blocked_deletes,
+            "confirmed_deletes": p.confirmed_deletes}
 
 
 # -- users -----------------------------------------------------------------------------------------
@@ -469,6 +470,17 @@ def add_pairing(services: Services, upn: str, caldav_calendar: str, *, m365_cale
 
 def change_pairing(services: Services, upn: str, pairing_id: str, settings: PairingSettings) -> Pairing:
     pairing = settings.apply(find_pairing(services, upn, pairing_id), now=utcnow())
+    services.store.save_pairing(pairing)
+    return pairing
+
+
+def confirm_deletions(services: Services, upn: str, pairing_id: str) -> Pairing:
+    """Let the next run of a pairing stopped by the mass-deletion guard delete what it wanted
+    (up to that many items per side, once). Anything more is stopped again."""
+    pairing = find_pairing(services, upn, pairing_id)
+    if not pairing.blocked_deletes:
+        raise AdminError("nothing to confirm: the last run of this pairing was not stopped by the deletion guard")
+    pairing.confirmed_deletes = pairing.blocked_deletes
     services.store.save_pairing(pairing)
     return pairing
 

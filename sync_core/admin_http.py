@@ -21,6 +21,7 @@ CLI and HTTP share ``admin.py`` and answer alike. JSON in and out, except the CS
     GET    users/{upn}/pairings           list;  POST: add {caldav_calendar, m365_calendar?, settings?}
     PATCH  users/{upn}/pairings/{id}      {settings}
     DELETE users/{upn}/pairings/{id}[?remove_copies=true]
+    POST   users/{upn}/pairings/{id}/confirm   after the mass-deletion guard stopped it
     GET    users/{upn}/audit[?since&until]
 """
 
@@ -160,6 +161,8 @@ def _user_route(services: Services, method: str, upn: str, rest: list[str], para
                                     m365_calendar=_text(data, "m365_calendar", required=False) or None,
                                     settings=admin.PairingSettings.from_mapping(dict(data.get("settings") or {})))
         return _json(201, admin.pairing_json(pairing))
+    if method == "POST" and len(rest) == 3 and rest[0] == "pairings" and rest[2] == "confirm":
+        return _json(200, admin.pairing_json(admin.confirm_deletions(services, upn, rest[1])))
     if len(rest) == 2 and rest[0] == "pairings":
         if method == "PATCH":
             settings = admin.PairingSettings.from_mapping(dict(_body(body).get("settings") or {}))

@@ -7,6 +7,7 @@
     davbridge users password UPN | revoke UPN | auth-link UPN
     davbridge pairings list UPN [--json] | add UPN --caldav-calendar URL [--m365-calendar X] [SETTINGS]
     davbridge pairings set UPN PAIRING [SETTINGS] | remove UPN PAIRING [--remove-copies]
+    davbridge confirm UPN PAIRING       (after the mass-deletion guard stopped a pairing)
     davbridge sync [--user UPN] [--dry-run]
     davbridge status [--user UPN] [--json]
     davbridge audit --user UPN [--since ISO] [--until ISO] [--json] | audit --purge
@@ -153,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("pairing")
     pr.add_argument("--remove-copies", action="store_true", help="also delete the copies the service made")
     pr.set_defaults(func=_pairings_remove)
+
+    confirm = sub.add_parser("confirm", help="let a pairing stopped by the mass-deletion guard delete once")
+    confirm.add_argument("upn")
+    confirm.add_argument("pairing")
+    confirm.set_defaults(func=_confirm)
 
     sync = sub.add_parser("sync", help="sync enabled users now")
     sync.add_argument("--user", help="only this user (enabled or not)")
@@ -313,6 +319,12 @@ def _pairings_set(services: Services, args: argparse.Namespace) -> int:
 
 def _pairings_remove(services: Services, args: argparse.Namespace) -> int:
     print(admin.remove_pairing(services, args.upn, args.pairing, remove_mirrors=args.remove_copies))
+    return 0
+
+
+def _confirm(services: Services, args: argparse.Namespace) -> int:
+    p = admin.confirm_deletions(services, args.upn, args.pairing)
+    print(f"{p.pairing_id}: the next run may delete up to {p.confirmed_deletes} items per side (once)")
     return 0
 
 

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sync_core.apply import ApplyResult, WriteHook, apply_plan
-from sync_core.errors import DavbridgeError
-from sync_core.reconcile import Action, CreateOn, DeleteOn, PairingRules, Plan, UpdateOn, reconcile
+from sync_core.errors import DavbridgeError, MassDeletion
+from sync_core.reconcile import Action, CreateOn, DeleteOn, PairingRules, Plan, Quarantine, UpdateOn, reconcile
 from sync_core.sides.base import ChangeBatch, Side, SideName, WriteResult
-from sync_core.state.base import AuditEntry, ItemLink, Pairing, RunStatus, StateStore, UserRecord, utcnow
+from sync_core.state.base import (
+    AuditEntry,
+    ItemLink,
+    Pairing,
+    PendingItem,
+    RunStatus,
+    StateStore,
+    UserRecord,
+    utcnow,
+)
 
 log = logging.getLogger("davbridge.engine")
 
@@ -147,7 +156,7 @@ def _pairing_rules(pairing: Pairing, store: StateStore, window: tuple[datetime, 
                         read_only=read_only,
                         first_sync_cap=pairing.first_sync_cap if first_sync else None,
                         reference_time=now, only_changes_after=pairing.only_changes_after,
-                        privacy_title=pairing.privacy_title)
+                        privacy_title=pairing.privacy_title, confirmed_deletes=pairing.confirmed_deletes)
 
 
 def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore, *,
@@ -170,9 +179,15 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
                 known[SideName(held.side)].setdefault(held.item_id, None)
         batches = {side: sides[side].changes(store.get_cursor(pid, side.value), known[side])
                    for side in (SideName.M365, SideName.CALDAV)}
-        retried = _reread_pending(pairing, sides, store, batches)
+        held_before = {(p.side, p.item_id): p for p in store.pending(pid)}
+        retried = _reread_pending(pairing, sides, store, batches, now=now or utcnow())
         _restore_deleted_mirrors(rules, links, sides, batches)
-        plan = reconcile(rules, links, batches[SideName.M365], batches[SideName.CALDAV])
+        try:
+            plan = reconcile(rules, links, batches[SideName.M365], batches[SideName.CALDAV])
+        except MassDeletion as exc:
+            if not dry_run:
+                store.save_pairing(replace(pairing, blocked_deletes=exc.deletes))
+            raise
         if on_plan is not None:
             on_plan(plan)
         if dry_run:
@@ -185,6 +200,9 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
                 audit.flush(store)
         for side, batch in batches.items():
             store.save_cursor(pid, side.value, batch.cursor)
+        _back_off_quarantined(plan, held_before, store, now or utcnow())
+        if pairing.blocked_deletes or pairing.confirmed_deletes:  # a confirmation is used once
+            store.save_pairing(replace(pairing, blocked_deletes=0, confirmed_deletes=0))
         log.info("pairing %s synced: %s", pid, applied.counts or "no changes")
         notices, reread = _notices(batches)
         if plan.over_first_sync_cap:
@@ -240,13 +258,24 @@ def merged_notices(previous: list[str], result: PairingOutcome) -> list[str]:
     return [f"{where}: {text}" for where, text in sorted(kept.items())][:MAX_NOTICES]
 
 
+#: Quarantined items are read again after 5 min, 10, 20, ... at most once a day.
+QUARANTINE_FIRST_RETRY = timedelta(minutes=5)
+QUARANTINE_MAX_RETRY = timedelta(days=1)
+
+
+def quarantine_backoff(attempts: int) -> timedelta:
+    return min(QUARANTINE_FIRST_RETRY * 2 ** max(0, min(attempts - 1, 20)), QUARANTINE_MAX_RETRY)
+
+
 def _reread_pending(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore,
-                    batches: dict[SideName, ChangeBatch]) -> dict[SideName, set[str]]:
+                    batches: dict[SideName, ChangeBatch], *, now: datetime) -> dict[SideName, set[str]]:
     """Items whose write failed last run are read again, so their change is not lost even
-    though the cursor moved on. Quarantined items come back only when they change."""
+    though the cursor moved on. Quarantined items are read again when they change, and on
+    their own schedule with backoff (a server fix or a converter upgrade may let them sync)."""
     retried: dict[SideName, set[str]] = {SideName.M365: set(), SideName.CALDAV: set()}
     for item in store.pending(pairing.pairing_id):
-        if not item.quarantined:
+        due = item.next_retry_at is None or item.next_retry_at <= now
+        if not item.quarantined or due:
             retried[SideName(item.side)].add(item.item_id)
     for side, ids in retried.items():
         if ids:
@@ -255,6 +284,20 @@ def _reread_pending(pairing: Pairing, sides: Mapping[SideName, Side], store: Sta
             found = {i.id for i in fresh}
             batches[side].deleted.extend(sorted(ids - found))
     return retried
+
+
+def _back_off_quarantined(plan: Plan, held_before: Mapping[tuple[str, str], PendingItem], store: StateStore,
+                          now: datetime) -> None:
+    """Each item quarantined again counts one more attempt and waits twice as long."""
+    for action in plan.actions:
+        if not isinstance(action, Quarantine):
+            continue
+        before = held_before.get((action.side.value, action.item_id))
+        attempts = before.attempts + 1 if before is not None and before.quarantined else 1
+        store.save_pending(PendingItem(
+            action.pairing_id, action.side.value, action.item_id, action.reason, attempts=attempts,
+            quarantined=True, first_seen=before.first_seen if before is not None else now,
+            next_retry_at=now + quarantine_backoff(attempts)))
 
 
 def _restore_deleted_mirrors(rules: PairingRules, links: Sequence[ItemLink], sides: Mapping[SideName, Side],

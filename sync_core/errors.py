@@ -78,7 +78,13 @@ class StorageEmptied(SafetyError):
 
 
 class MassDeletion(SafetyError):
-    """The plan deletes more than the allowed share of a side's linked items in one run."""
+    """The plan deletes more than the allowed share of a side's linked items in one run.
+
+    ``deletes`` is how many the run wanted to delete, so an admin can confirm that many."""
+
+    def __init__(self, message: str, *, deletes: int = 0) -> None:
+        super().__init__(message)
+        self.deletes = deletes
 
 
 class DuplicateIdentity(ItemError):

@@ -15,8 +15,9 @@ actions), adapted to calendars that cannot share ids:
    after a crash creates no duplicate. What is left is created on the other side, if it lies
    inside the sync window.
 5. One-way pairings never write the source side; edits of the mirror are recorded, not copied.
-6. Safety: a plan deleting more than ``MAX_DELETE_SHARE`` of a side's linked items (and more
-   than ``MAX_DELETE_FLOOR``) raises :class:`~sync_core.errors.MassDeletion`.
+6. Safety: a plan deleting more than max(``MAX_DELETE_FLOOR``, ``MAX_DELETE_SHARE`` of a side's
+   linked items) raises :class:`~sync_core.errors.MassDeletion`, unless an admin confirmed at
+   least that many deletions for this pairing (``PairingRules.confirmed_deletes``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sync_core.model import Event
 from sync_core.sides.base import ChangeBatch, RemoteItem, SideName
 from sync_core.state.base import ConflictPolicy, Direction, ItemLink
 
-MAX_DELETE_SHARE = 0.5
+MAX_DELETE_SHARE = 0.25
 MAX_DELETE_FLOOR = 10
 
 M365, CALDAV = SideName.M365, SideName.CALDAV
@@ -135,6 +136,8 @@ class PairingRules:
     only_changes_after: datetime | None = None
     #: Copies are busy-only blocks with this title.
     privacy_title: str | None = None
+    #: An admin confirmed a run deleting up to this many items per side (``davbridge confirm``).
+    confirmed_deletes: int = 0
 
     def writes_to(self, side: SideName) -> bool:
         if side in self.read_only:
@@ -422,10 +425,12 @@ class _Reconciler:
         total = {M365: len(self.by_id[M365]), CALDAV: len(self.by_id[CALDAV])}
         for side in (M365, CALDAV):
             deletes = sum(1 for a in self.plan.actions if isinstance(a, DeleteOn) and a.target is side)
-            if deletes > MAX_DELETE_FLOOR and deletes > MAX_DELETE_SHARE * total[side]:
+            if deletes > max(MAX_DELETE_FLOOR, MAX_DELETE_SHARE * total[side]) \
+                    and deletes > self.rules.confirmed_deletes:
                 raise MassDeletion(
-                    f"refusing to delete {deletes} of {total[side]} linked items on {side.value} in one run"
-                )
+                    f"refusing to delete {deletes} of {total[side]} linked items on {side.value} in one run; "
+                    "nothing was written. If that is right, confirm it (davbridge confirm UPN PAIRING)",
+                    deletes=deletes)
 
 
 # -------------------------------------------------------------------------------------------

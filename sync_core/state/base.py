@@ -84,6 +84,10 @@ class Pairing:
     #: The calendar cannot be written on that side (CalDAV privileges, Graph ``canEdit``).
     m365_read_only: bool = False
     caldav_read_only: bool = False
+    #: The last run stopped because it would delete this many items (mass-deletion guard).
+    blocked_deletes: int = 0
+    #: An admin confirmed that the next run may delete up to this many; used once.
+    confirmed_deletes: int = 0
 
     @staticmethod
     def make_id(upn: str, m365_calendar_id: str | None, caldav_calendar_url: str) -> str:
@@ -146,6 +150,9 @@ class PendingItem:
     attempts: int = 1
     quarantined: bool = False
     first_seen: datetime = field(default_factory=utcnow)
+    #: Quarantined items are read again (to see whether they can sync now) from this time on,
+    #: backing off: 5 min, 10, 20, ... at most a day.
+    next_retry_at: datetime | None = None
 
 
 @dataclass
