@@ -2,7 +2,9 @@
 # Install what the test suite's real servers need (see devtools/servers.py):
 #   * Debian packages cyrus-imapd, cyrus-caldav, sasl2-bin  -> Cyrus CalDAV server + saslpasswd2
 #   * Azurite (npm azurite@3) into .testrun/node             -> Azure Table/Queue/Blob emulator
-# Radicale and Xandikos come from the venv (requirements-dev.txt).
+#   * checkov 3.3.x in its own venv, .testrun/checkov        -> policy checks of infra/*.bicep
+#     (it pins many packages, so it stays out of .venv; tests/test_infra.py runs it)
+# Radicale, Xandikos and pycep-parser come from the venv (requirements-dev.txt).
 #
 # Idempotent and fast when everything is present (no apt/npm call at all then).
 # Works on a fresh Debian 12 as root, or as a user with passwordless sudo; never
@@ -14,6 +16,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NODE_PREFIX="$ROOT/.testrun/node"
 AZURITE_BIN="$NODE_PREFIX/node_modules/.bin/azurite"
 DEB_PACKAGES=(cyrus-imapd cyrus-caldav sasl2-bin)
+CHECKOV_VENV="$ROOT/.testrun/checkov"
+CHECKOV_SPEC="checkov>=3.3,<3.4"
 
 log() { printf 'install_test_deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -119,5 +123,19 @@ if [ ! -x "$AZURITE_BIN" ]; then
     [ -x "$AZURITE_BIN" ] || die "npm finished but $AZURITE_BIN is missing"
 fi
 
+# ---------------------------------------------------------------- checkov (own venv)
+# The stamp holds the requirement it was installed for: a changed pin reinstalls.
+if [ "$(cat "$CHECKOV_VENV/.installed" 2>/dev/null || true)" != "$CHECKOV_SPEC" ]; then
+    venv_python="$ROOT/.venv/bin/python"
+    [ -x "$venv_python" ] || venv_python="$(command -v python3.11 || command -v python3 || true)"
+    [ -n "$venv_python" ] || die "no Python to create $CHECKOV_VENV with"
+    log "pip install '$CHECKOV_SPEC' into $CHECKOV_VENV"
+    rm -rf "$CHECKOV_VENV"
+    "$venv_python" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check "$CHECKOV_SPEC" </dev/null
+    "$CHECKOV_VENV/bin/checkov" --version >/dev/null || die "checkov does not run from $CHECKOV_VENV"
+    printf '%s' "$CHECKOV_SPEC" >"$CHECKOV_VENV/.installed"
+fi
+
 azurite_version="$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NODE_PREFIX/node_modules/azurite/package.json" 2>/dev/null | head -n1)"
-log "ok: cyrus $(dpkg-query -W -f='${Version}' cyrus-imapd 2>/dev/null || echo '(present)'), azurite ${azurite_version:-(present)}"
+log "ok: cyrus $(dpkg-query -W -f='${Version}' cyrus-imapd 2>/dev/null || echo '(present)'), azurite ${azurite_version:-(present)}, $(cat "$CHECKOV_VENV/.installed")"
