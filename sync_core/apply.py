@@ -130,6 +130,10 @@ def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str, 
         log.warning("state write failed: %s", reason)
         return
     link = action.link
+    if isinstance(action, DeleteOn) and action.deleted_id:
+        # Keep the deleted item's id (no etag): the next run re-reads it, finds it gone and
+        # plans the deletion again, instead of forgetting it with the moved cursor.
+        link = link.with_side(action.target.other(), action.deleted_id, None, None)
     for side in (SideName.M365, SideName.CALDAV):
         item_id = link.id_on(side)
         if item_id:
@@ -141,6 +145,12 @@ def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str, 
     if isinstance(action, DeleteOn):
         # The delete lost a race with an edit: keep the link so the edit is restored.
         store.save_link(link)
+    if isinstance(action, CreateOn) and action.reason.startswith("restored"):
+        # A restore whose answer was lost may have landed: forget the deleted item's id (so
+        # the landed copy is claimed by its UID next run, not taken for a duplicate) and the
+        # source's etag (so the source is copied again if it did not land).
+        source = action.target.other()
+        store.save_link(link.with_side(source, link.id_on(source), None, None))
     result.failed.append((action.target.value, link.id_on(action.target) or link.link_id, reason))
     expected = reason.startswith((AlreadyExists.__name__, PreconditionFailed.__name__))
     log.log(logging.INFO if expected else logging.WARNING, "deferred %s on %s for link %s: %s",

@@ -64,10 +64,14 @@ class UpdateOn:
 
 @dataclass(frozen=True)
 class DeleteOn:
-    """Delete the linked item on ``target`` (If-Match the saved etag), then drop the link."""
+    """Delete the linked item on ``target`` (If-Match the saved etag), then drop the link.
+
+    ``deleted_id`` is the id the item had on the other side, where it was deleted: if this
+    write fails, the deletion must still be known next run (it is re-read there and found gone)."""
 
     target: SideName
     link: ItemLink
+    deleted_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +274,7 @@ class _Reconciler:
                            key_salt=f"|restore|{gone_id}")
             elif rules.reads_from(gone) and rules.writes_to(gone.other()):
                 if link.id_on(gone.other()):
-                    self.plan.actions.append(DeleteOn(gone.other(), _cleared(link, gone)))
+                    self.plan.actions.append(DeleteOn(gone.other(), _cleared(link, gone), link.id_on(gone)))
                 else:
                     self.plan.actions.append(DropLink(link))
             else:

@@ -44,6 +44,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
+from devtools.graphsim import faults as fault_hooks
 from devtools.graphsim.auth import DEFAULT_ROLES, AccessToken, AuthService
 from devtools.graphsim.odata import GraphError, error_body, parse_prefer
 from devtools.graphsim.routes import JSON_CONTENT_TYPE, GraphService, Request, Response
@@ -166,6 +167,7 @@ class GraphSim:
         self._response_log: list[dict[str, Any]] = []
         self._faults: list[tuple[int, float, str, str]] = []
         self._fault_lock = threading.Lock()
+        self.faults = fault_hooks.FaultInjector(seed=0)  # inject_faults(); see faults.py
         self._inflight: dict[tuple[str, str], int] = {}
         self._latency = 0.0
         self._server: _Server | None = None
@@ -175,6 +177,7 @@ class GraphSim:
     def start(self) -> GraphSim:
         if self._server is not None:
             return self
+        self.faults.restart()
         names = ["127.0.0.1", "localhost", "::1"]
         if self.host not in names:
             names.insert(0, self.host)
@@ -192,6 +195,7 @@ class GraphSim:
         server, self._server = self._server, None
         if server is None:
             return
+        self.faults.stop()  # ends stalled (timeout) answers
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -299,6 +303,23 @@ class GraphSim:
             )
         with self._fault_lock:
             self._faults.extend([(status, float(retry_after), code, message)] * count)
+
+    # -- fault injection (faults.py) ---------------------------------------------------------------
+    def inject_faults(self, *faults: fault_hooks.Fault, seed: int | None = None) -> None:
+        """Add fault rules (``faults.throttle(...)``, ``faults.reset(...)``, ...; see faults.py);
+        ``seed`` (when given) restarts the injector's random draws from that seed."""
+        if seed is not None:
+            self.faults.seed(seed)
+        self.faults.add(*faults)
+
+    def clear_faults(self) -> None:
+        """Remove every fault rule (tokens that faults expired stay expired)."""
+        self.faults.clear()
+
+    @property
+    def fault_log(self) -> list[dict[str, Any]]:
+        """``{time, kind, status, method, path, after, rule}`` per injected fault."""
+        return self.faults.log
 
     def expire_delta_tokens(self, with_location: bool = False) -> None:
         """Every delta/skip token issued so far answers 410 Gone ``SyncStateNotFound``
@@ -424,8 +445,18 @@ class GraphSim:
             "time": time.time(),
         }
         admin = bool(segments) and segments[0] == "_sim"
+        # -- fault injection (faults.py): pick this request's fault, if any -------------------
+        fault = None
+        if not admin:
+            fault = self.faults.draw(h.command, record["path"], h.headers.get("Authorization"))
+            record["fault"] = fault_hooks.label(fault)
+            record["client_request_id"] = h.headers.get("client-request-id")
+        # ---------------------------------------------------------------------------------------
         try:
-            if segments[:1] == ["v1.0"]:
+            early = fault_hooks.answer_before(self, fault, request_id, client_request_id) if fault else None
+            if early is not None:
+                resp = early
+            elif segments[:1] == ["v1.0"]:
                 resp = self._graph_call(h, segments[1:], query, body, request_id, client_request_id, record)
             elif admin:
                 resp = self._admin_call(h.command, segments[1:], body)
@@ -434,9 +465,11 @@ class GraphSim:
         except Exception:  # a bug in the stand-in: answer like Graph does, keep serving
             traceback.print_exc()
             resp = Response(500, error_body("UnknownError", "graphsim internal error", request_id, client_request_id))
+        if fault is not None:  # faults.py: replace the answer, or stall / reset the connection
+            resp = fault_hooks.answer_after(self, fault, h, resp, request_id, client_request_id)
         resp.headers.setdefault("request-id", request_id)
         resp.headers.setdefault("client-request-id", client_request_id)
-        record["status"] = resp.status
+        record["status"] = None if fault_hooks.dropped(resp) else resp.status
         if not admin:
             with self._log_lock:
                 self._request_log.append(record)
@@ -448,6 +481,9 @@ class GraphSim:
                     self._response_log.append(
                         {k: record[k] for k in ("method", "path", "query", "status")} | {"body": logged}
                     )
+        if fault is not None and fault_hooks.dropped(resp):
+            fault_hooks.drop(self, fault, h)  # faults.py: stall (timeout) and close, or reset
+            return
         self._write(h, resp)
 
     @staticmethod
@@ -741,6 +777,8 @@ class GraphSim:
         if route == ("POST", "token-lifetime"):
             self.token_lifetime = int(data["seconds"])
             return Response(204)
+        if segments[:1] == ["faults"]:  # faults.py
+            return fault_hooks.admin(self, method, segments, data)
         sub_route = self._admin_subscription_route(method, segments, data)
         if sub_route is not None:
             return sub_route
