@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 from sync_core.apply import WriteHook
@@ -159,7 +160,7 @@ class Services:
         if key not in self._user_graph:
             s = self.settings
             self._user_graph[key] = GraphClient(auth.token_provider(user.upn), base_url=s.graph_base_url,
-                                                verify=s.graph_ca_bundle or True)
+                                                verify=s.graph_ca_bundle or True, **self._graph_limits())
         return self._user_graph[key]
 
     def subscriptions(self) -> GraphSubscriptions | None:
@@ -209,8 +210,14 @@ class Services:
                                      client_secret=secret, certificate_pem=certificate,
                                      authority_host=s.graph_authority_host)
             verify: bool | str = s.graph_ca_bundle or True
-            self._graph = GraphClient(GraphAuth(creds, verify=verify), base_url=s.graph_base_url, verify=verify)
+            self._graph = GraphClient(GraphAuth(creds, verify=verify), base_url=s.graph_base_url, verify=verify,
+                                      **self._graph_limits())
         return self._graph
+
+    def _graph_limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {"timeout": (10.0, s.graph_timeout_seconds), "max_attempts": s.graph_max_attempts,
+                "max_wait": s.graph_max_wait_seconds}
 
     # -- sides ------------------------------------------------------------------------------------
     def caldav_password(self, user: UserRecord) -> str:

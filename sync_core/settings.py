@@ -25,6 +25,11 @@ class Settings:
     graph_secret_name: str = "graph-client-secret"
     graph_certificate_name: str = "graph-client-certificate"
     caldav_timeout_seconds: float = 30.0
+    #: Graph: read timeout per request, tries per request, and seconds of retry waiting per
+    #: request; together they bound one sync well inside the function timeout.
+    graph_timeout_seconds: float = 60.0
+    graph_max_attempts: int = 5
+    graph_max_wait_seconds: float = 60.0
     table_prefix: str = "davbridge"
     queue_url: str = "memory:"
     sync_queue_name: str = "davbridge-sync"
@@ -56,6 +61,9 @@ class Settings:
             graph_secret_name=env.get("GRAPH_CLIENT_SECRET_NAME", cls.graph_secret_name),
             graph_certificate_name=env.get("GRAPH_CERTIFICATE_NAME", cls.graph_certificate_name),
             caldav_timeout_seconds=float(env.get("CALDAV_TIMEOUT_SECONDS", cls.caldav_timeout_seconds)),
+            graph_timeout_seconds=float(env.get("GRAPH_TIMEOUT_SECONDS", cls.graph_timeout_seconds)),
+            graph_max_attempts=int(env.get("GRAPH_MAX_ATTEMPTS", cls.graph_max_attempts)),
+            graph_max_wait_seconds=float(env.get("GRAPH_MAX_WAIT_SECONDS", cls.graph_max_wait_seconds)),
             table_prefix=env.get("DAVBRIDGE_TABLE_PREFIX", cls.table_prefix),
             queue_url=env.get("DAVBRIDGE_QUEUE_URL", cls.queue_url),
             sync_queue_name=env.get("DAVBRIDGE_SYNC_QUEUE", cls.sync_queue_name),

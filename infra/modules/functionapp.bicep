@@ -169,6 +169,9 @@ var appSettingsBase = {
   GRAPH_AUTHORITY_HOST: environment().authentication.loginEndpoint
   GRAPH_CA_BUNDLE: ''
   CALDAV_TIMEOUT_SECONDS: '30'
+  GRAPH_TIMEOUT_SECONDS: '60'
+  GRAPH_MAX_ATTEMPTS: '5'
+  GRAPH_MAX_WAIT_SECONDS: '60'
 }
 
 var appSettingsDelegated = enableDelegatedSignIn ? {
