@@ -7,6 +7,7 @@ each side rather than what the sync believes.
 
 from __future__ import annotations
 
+import sys
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -18,6 +19,20 @@ import requests
 from devtools.servers import CalDAVServer, HTTPResult
 
 _NS = {"d": "DAV:", "c": "urn:ietf:params:xml:ns:caldav"}
+
+
+def _sensitive(origin: str, *texts: Any) -> None:
+    """Event contents written here must never appear in a log: tell the test suite's check
+    (tests/log_secrecy.py) when it is loaded; a no-op elsewhere (the demo)."""
+    registry = sys.modules.get("log_secrecy")
+    if registry is not None:
+        for text in texts:
+            registry.sensitive_text(text, origin)
+
+
+def _payload_texts(payload: dict[str, Any]) -> tuple[Any, Any]:
+    body = payload.get("body")
+    return payload.get("subject"), body.get("content") if isinstance(body, dict) else None
 
 
 class GraphUserApp:
@@ -45,9 +60,11 @@ class GraphUserApp:
         payload = {"subject": subject, "start": {"dateTime": start, "timeZone": tz},
                    "end": {"dateTime": end, "timeZone": tz}, "isAllDay": all_day,
                    "body": {"contentType": "text", "content": body}, "location": {"displayName": location}}
+        _sensitive("event title/body written by GraphUserApp.create", subject, body)
         return dict(self._call("POST", f"/users/{upn}/events", json=payload).json())
 
     def create_raw(self, upn: str, payload: dict[str, Any]) -> dict[str, Any]:
+        _sensitive("event title/body written by GraphUserApp.create_raw", *_payload_texts(payload))
         return dict(self._call("POST", f"/users/{upn}/events", json=payload).json())
 
     def get(self, upn: str, event_id: str) -> dict[str, Any]:
@@ -72,6 +89,7 @@ class GraphUserApp:
         return out
 
     def update(self, upn: str, event_id: str, **fields: Any) -> dict[str, Any]:
+        _sensitive("event title/body written by GraphUserApp.update", *_payload_texts(fields))
         return dict(self._call("PATCH", f"/users/{upn}/events/{event_id}", json=fields).json())
 
     def delete(self, upn: str, event_id: str) -> None:
@@ -123,6 +141,7 @@ class CalDAVUserApp:
                f"SUMMARY:{_esc(summary)}\r\n" + (f"DESCRIPTION:{_esc(description)}\r\n" if description else "")
                + (f"LOCATION:{_esc(location)}\r\n" if location else "") + extra
                + "END:VEVENT\r\nEND:VCALENDAR\r\n")
+        _sensitive("event title/body written by CalDAVUserApp.put", summary, description)
         target = href or urljoin(self.calendar_url, uid.replace("@", "-") + ".ics")
         headers = {"Content-Type": "text/calendar; charset=utf-8"}
         headers.update({"If-Match": etag} if etag else {"If-None-Match": "*"})
@@ -132,6 +151,9 @@ class CalDAVUserApp:
         return target
 
     def put_raw(self, name: str, ics: str) -> str:
+        registry = sys.modules.get("log_secrecy")
+        if registry is not None:
+            registry.sensitive_ical(ics, "event title/body written by CalDAVUserApp.put_raw")
         target = urljoin(self.calendar_url, name)
         reply = self._req("PUT", target, body=ics.encode(), headers={"Content-Type": "text/calendar"})
         if reply.status not in (200, 201, 204):

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,8 @@ def validation_answer(token: str) -> str | None:
     Graph could have sent (too long or containing control characters)."""
     if not token or len(token) > MAX_VALIDATION_TOKEN:
         return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in token):
-        return None
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in token):
+        return None  # control, format, surrogate and line-break characters: never Graph's
     return token
 
 
@@ -65,6 +66,14 @@ def client_state_matches(key: str, upn: str, given: str) -> bool:
     return hmac.compare_digest(client_state(key, upn).encode("ascii"), given.encode("utf-8", "replace"))
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_notifications(body: bytes) -> list[Notification]:
     """The items of a ``changeNotificationCollection``; :class:`BadNotification` when the body
     is too large or not that shape. Items without a subscription id are dropped."""
@@ -72,7 +81,7 @@ def parse_notifications(body: bytes) -> list[Notification]:
         raise BadNotification("notification body too large")
     try:
         data: Any = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
         raise BadNotification("notification body is not JSON") from exc
     if not isinstance(data, dict) or not isinstance(data.get("value"), list):
         raise BadNotification("notification body has no 'value' array")
@@ -83,6 +92,8 @@ def parse_notifications(body: bytes) -> list[Notification]:
         sub_id, state = raw.get("subscriptionId"), raw.get("clientState")
         if not isinstance(sub_id, str) or not 0 < len(sub_id) <= 64 or not isinstance(state, str):
             continue
+        if not _encodable(sub_id) or not _encodable(state):
+            continue  # lone surrogates from \ud800-style escapes: not Graph's
         change = raw.get("changeType")
         event = raw.get("lifecycleEvent")
         items.append(Notification(

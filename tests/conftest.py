@@ -164,3 +164,6 @@ def azurite(_server_pool: ServerPool) -> servers.AzuriteServer:
 
 # The scenario world (Graph stand-in + real CalDAV server + CLI) for every scenario module.
 from scenario_world import graphsim, world  # noqa: E402, F401
+
+# No secret and no event content in any log record of the session (tests/log_secrecy.py).
+pytest_plugins = ["log_secrecy"]
