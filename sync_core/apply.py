@@ -66,9 +66,11 @@ def apply_plan(
         except (AuthenticationFailed, Throttled):
             raise
         except DavbridgeError as exc:
-            _defer(action, store, result, f"{type(exc).__name__}: {exc}",
-                   refused=isinstance(exc, UnsupportedEvent | PayloadTooLarge))
-            continue
+            refused = isinstance(exc, UnsupportedEvent | PayloadTooLarge)
+            written = None if refused or not isinstance(action, CreateOn) else _landed(action, sides, store, result)
+            if written is None:
+                _defer(action, store, result, f"{type(exc).__name__}: {exc}", refused=refused)
+                continue
         if on_write is not None and isinstance(action, CreateOn | UpdateOn | DeleteOn):
             on_write(action, written)
     return result
@@ -117,6 +119,24 @@ def _apply_one(action: Action, sides: Mapping[SideName, Side], store: StateStore
     raise TypeError(f"unknown action {action!r}")
 
 
+def _landed(action: CreateOn, sides: Mapping[SideName, Side], store: StateStore,
+            result: ApplyResult) -> WriteResult | None:
+    """A create failed without an answer (or answered AlreadyExists): did it land? Found by
+    its key (``Side.find_created``), it is linked now, as if the answer had come; else (or if
+    asking fails too) ``None`` and the create is deferred."""
+    try:
+        found = sides[action.target].find_created(action.event, idempotency_key=action.idempotency_key)
+    except DavbridgeError as exc:
+        log.info("could not check whether a create on %s landed: %s", action.target.value, type(exc).__name__)
+        return None
+    if found is None or found.event is None:
+        return None
+    written = WriteResult(found.id, found.etag, found.event)
+    store.save_link(_with_write(action.link, action.target, written))
+    result.count(f"created_{action.target.value}")
+    return written
+
+
 def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str, *, refused: bool = False) -> None:
     """A write failed for this item only: re-read both sides of it on the next run.
 
@@ -145,16 +165,28 @@ def _defer(action: Action, store: StateStore, result: ApplyResult, reason: str, 
     if isinstance(action, DeleteOn):
         # The delete lost a race with an edit: keep the link so the edit is restored.
         store.save_link(link)
-    if isinstance(action, CreateOn) and action.reason.startswith("restored"):
-        # A restore whose answer was lost may have landed: forget the deleted item's id (so
-        # the landed copy is claimed by its UID next run, not taken for a duplicate) and the
-        # source's etag (so the source is copied again if it did not land).
-        source = action.target.other()
-        store.save_link(link.with_side(source, link.id_on(source), None, None))
+    if isinstance(action, CreateOn | UpdateOn) and not refused:
+        store.save_link(_unconfirmed_write(action))
     result.failed.append((action.target.value, link.id_on(action.target) or link.link_id, reason))
     expected = reason.startswith((AlreadyExists.__name__, PreconditionFailed.__name__))
     log.log(logging.INFO if expected else logging.WARNING, "deferred %s on %s for link %s: %s",
             type(action).__name__, action.target.value, link.link_id, reason)
+
+
+def _unconfirmed_write(action: CreateOn | UpdateOn) -> ItemLink:
+    """The link to keep after a create or update whose answer never came: it may have landed.
+
+    The target keeps the id and etag it had (none for a create) with the fingerprint of what
+    was sent, so a landed write reads back as the service's own echo (by fingerprint), not as
+    a user's edit that would beat a deletion or be copied back; a landed create is claimed by
+    its UID. The source's etag and fingerprint are forgotten, so the source reads as a change
+    next run and is written again if the write did not land."""
+    link, target, source = action.link, action.target, action.target.other()
+    if isinstance(action, CreateOn):
+        link = link.with_side(target, None, None, action.event.fingerprint())
+    else:
+        link = link.with_side(target, link.id_on(target), link.etag_on(target), action.event.fingerprint())
+    return link.with_side(source, link.id_on(source), None, None)
 
 
 def _with_write(link: ItemLink, side: SideName, written: WriteResult) -> ItemLink:

@@ -195,6 +195,11 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
         _clear_resolved_pending(pid, store, batches, retried)
         try:
             applied = apply_plan(plan, sides, store, on_write=_hooks(on_write, audit))
+        except DavbridgeError:
+            # A side-wide failure stopped the run: the cursors are not saved, so whatever the
+            # listings showed comes again; items read only because of a pending row keep it.
+            _restore_pending(pid, store, held_before)
+            raise
         finally:
             if audit is not None:
                 audit.flush(store)
@@ -284,6 +289,13 @@ def _reread_pending(pairing: Pairing, sides: Mapping[SideName, Side], store: Sta
             found = {i.id for i in fresh}
             batches[side].deleted.extend(sorted(ids - found))
     return retried
+
+
+def _restore_pending(pid: str, store: StateStore, held_before: Mapping[tuple[str, str], PendingItem]) -> None:
+    present = {(p.side, p.item_id) for p in store.pending(pid)}
+    for key, row in held_before.items():
+        if key not in present:
+            store.save_pending(row)
 
 
 def _back_off_quarantined(plan: Plan, held_before: Mapping[tuple[str, str], PendingItem], store: StateStore,

@@ -173,6 +173,13 @@ def reconcile(
     return _Reconciler(rules, links, {M365: m365, CALDAV: caldav}).run()
 
 
+class _Duplicate:
+    """Marker: an unlinked item carries an identity another linked item holds."""
+
+
+_DUPLICATE = _Duplicate()
+
+
 @dataclass
 class _Change:
     """A linked item's net change on one side this run."""
@@ -189,6 +196,8 @@ class _Reconciler:
         self.by_id: dict[SideName, dict[str, ItemLink]] = {M365: {}, CALDAV: {}}
         self.by_uid: dict[str, ItemLink] = {}
         self.by_identity: dict[str, ItemLink] = {}
+        #: Linked items read this run, echoes included, by link UID.
+        self.read_now: dict[SideName, dict[str, RemoteItem]] = {M365: {}, CALDAV: {}}
         for link in links:
             self.by_uid[link.uid] = link
             self.by_identity[link.uid] = link
@@ -202,6 +211,7 @@ class _Reconciler:
     def run(self) -> Plan:
         linked: dict[str, dict[SideName, _Change]] = {}
         new: dict[SideName, list[RemoteItem]] = {M365: [], CALDAV: []}
+        refreshed: set[str] = set()
         for side, batch in self.batches.items():
             seen: set[str] = set()
             for item in _last_read_wins(batch.changed):
@@ -209,10 +219,15 @@ class _Reconciler:
                     self._quarantine(side, item.id, item.error or "unreadable item")
                     continue
                 link = self.by_id[side].get(item.id) or self._claim_by_uid(side, item)
+                if isinstance(link, _Duplicate):
+                    continue  # quarantined: neither linked nor copied as new
                 if link is None:
                     new[side].append(item)
                     continue
+                self.read_now[side][link.uid] = item
                 if _is_echo(side, link, item):
+                    if item.etag is not None and item.etag != link.etag_on(side):
+                        refreshed.add(self._refresh(side, link, item).uid)
                     continue
                 linked.setdefault(link.uid, {})[side] = _Change(item=item)
                 seen.add(item.id)
@@ -222,29 +237,49 @@ class _Reconciler:
                     linked.setdefault(link.uid, {})[side] = _Change(deleted=True)
         for uid, changes in linked.items():
             self._linked(self.by_uid[uid], changes.get(M365), changes.get(CALDAV))
+        for uid in sorted(refreshed - linked.keys()):
+            self.plan.actions.append(SaveLink(self.by_uid[uid], "same content, new etag"))
         self._pair_new(new[M365], new[CALDAV])
         self._apply_first_sync_cap()
         self._check_mass_deletion()
         return self.plan
 
+    def _refresh(self, side: SideName, link: ItemLink, item: RemoteItem) -> ItemLink:
+        """An echo with a new etag (re-saved without a synced change, or a server that
+        re-serialises): the link must hold the new etag, or every later If-Match write to the
+        item fails (RFC 7232 3.1). Later actions of this run start from the refreshed link."""
+        return self._relink(link.with_side(side, link.id_on(side) or item.id, item.etag,
+                                           link_fingerprint(link, side)))
+
+    def _relink(self, link: ItemLink) -> ItemLink:
+        """Use ``link`` (a newer copy of a saved link) for the rest of this run."""
+        self.by_uid[link.uid] = link
+        for key in (link.uid, "txn:" + idempotency_key(self.rules.pairing_id, link.uid)):
+            self.by_identity[key] = link
+        for side in (M365, CALDAV):
+            item_id = link.id_on(side)
+            if item_id:
+                self.by_id[side][item_id] = link
+        return link
+
     def _quarantine(self, side: SideName, item_id: str, reason: str) -> None:
         self.plan.actions.append(Quarantine(self.rules.pairing_id, side, item_id, reason))
 
-    def _claim_by_uid(self, side: SideName, item: RemoteItem) -> ItemLink | None:
+    def _claim_by_uid(self, side: SideName, item: RemoteItem) -> ItemLink | _Duplicate | None:
         """An unlinked item carrying a link's identity whose id on this side is not set yet.
 
         This is the crash case: the create reached the side, the link row was never saved
-        with the new id. A link that already holds another id is a duplicate identity."""
+        with the new id. A link that already holds another id is a duplicate identity: the
+        item is quarantined and ``_DUPLICATE`` returned (it must not be created elsewhere)."""
         for identity in sorted(_identities(self.rules.pairing_id, item)):
             link = self.by_identity.get(identity)
             if link is None:
                 continue
             if link.id_on(side) is None:
-                self.by_id[side][item.id] = link
-                return link
+                return self._relink(link.with_side(side, item.id, None, link_fingerprint(link, side)))
             if link.id_on(side) != item.id:
                 self._quarantine(side, item.id, "duplicate identity: another item already carries this UID")
-                return None
+                return _DUPLICATE
         return None
 
     # -- linked items ------------------------------------------------------------------------
@@ -277,8 +312,13 @@ class _Reconciler:
                     self.plan.actions.append(DeleteOn(gone.other(), _cleared(link, gone), link.id_on(gone)))
                 else:
                     self.plan.actions.append(DropLink(link))
+            elif rules.writes_to(gone) and (source := self.read_now[gone.other()].get(link.uid)) is not None:
+                # A one-way mirror copy was deleted and its source is still there (the engine
+                # re-read it): the copy is created again.
+                gone_id = link.id_on(gone) or ""
+                self._copy(_with_side(_cleared(link, gone), gone.other(), source), source, gone, create=True,
+                           reason="restored: mirror copy deleted", key_salt=f"|restore|{gone_id}")
             else:
-                # A one-way mirror was deleted: forget its id; the engine re-reads the source.
                 self.plan.actions.append(SaveLink(_cleared(link, gone), f"{gone.value} mirror deleted"))
             return
 

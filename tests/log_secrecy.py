@@ -38,6 +38,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,7 @@ class LogSecrecy:
         self.collector = Collector()
         self.tampering: list[str] = []
         self.leaks: list[Leak] = []
+        self.check_seconds = 0.0
         self._undo: list[Callable[[], None]] = []
 
     # installation -------------------------------------------------------------------------------
@@ -327,7 +329,9 @@ class LogSecrecy:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.ensure()
+        started = time.perf_counter()
         self.leaks = find_leaks(self.collector.seen, registered())
+        self.check_seconds = time.perf_counter() - started
         if self.leaks and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -336,8 +340,8 @@ class LogSecrecy:
         values = registered()
         if not self.leaks:
             tr.write_line(f"log secrecy: {self.collector.records} log record(s) "
-                          f"({len(self.collector.seen)} distinct) checked against {len(values)} sensitive value(s): "
-                          "no leak")
+                          f"({len(self.collector.seen)} distinct) checked against {len(values)} sensitive value(s) "
+                          f"in {self.check_seconds:.2f} s: no leak")
         else:
             tr.section("log secrecy: sensitive values in the logs", sep="=", red=True, bold=True)
             for leak in sorted(self.leaks, key=lambda lk: (lk.logger, lk.value)):

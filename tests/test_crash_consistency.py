@@ -42,6 +42,9 @@ class CrashAfterWrite:
     def get(self, ids: Any) -> Any:
         return self.side.get(ids)
 
+    def find_created(self, event: Event, *, idempotency_key: str) -> Any:
+        return self.side.find_created(event, idempotency_key=idempotency_key)
+
     def create(self, event: Event, *, idempotency_key: str) -> WriteResult:
         result = self.side.create(event, idempotency_key=idempotency_key)
         self._count()

@@ -127,7 +127,7 @@ def test_a_run_without_a_leak_passes(pytester: pytest.Pytester, monkeypatch: pyt
     result = _run(pytester, monkeypatch, CLEAN)
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["log secrecy: * log record(s) * checked against * sensitive value(s): no leak"])
+    result.stdout.fnmatch_lines(["log secrecy: * log record(s) * checked against * sensitive value(s) in * s: no leak"])
 
 
 def test_the_rule_for_what_is_registered() -> None:

@@ -86,7 +86,10 @@ def test_own_writes_are_not_changes():
     # same etag on M365; different etag but same content on CalDAV (server re-serialised)
     plan = reconcile(RULES, [link], batch(item("m1", event, etag="me1")),
                      batch(item("/c/1.ics", event, etag="changed-etag")))
-    assert plan.actions == []
+    # No write; only the new etag is kept, so later If-Match writes to the item hold.
+    (action,) = plan.actions
+    assert isinstance(action, SaveLink) and not plan.writes()
+    assert action.link.caldav_etag == "changed-etag" and action.link.m365_etag == link.m365_etag
 
 
 def test_edit_on_one_side_updates_the_other_with_stable_uid():

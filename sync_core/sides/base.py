@@ -84,7 +84,9 @@ class Side(Protocol):
 
         ``known`` maps the ids linked in state to their last seen etag. A side may use it to
         skip fetching unchanged items, and must use it to report deletions it finds in a full
-        listing (an id in ``known`` missing from a complete listing and confirmed gone).
+        listing (an id in ``known`` missing from a complete listing and confirmed gone). A
+        known item that still exists but changed so that a windowed listing leaves it out
+        (edited out of the window) must be reported as changed, never dropped or deleted.
         """
         ...
 
@@ -98,6 +100,15 @@ class Side(Protocol):
         CalDAV: PUT to a name derived from the key with ``If-None-Match: *``.
         Graph: POST with ``transactionId`` = key.
         Raises :class:`~sync_core.errors.AlreadyExists` when the key's item is already there.
+        """
+        ...
+
+    def find_created(self, event: Event, *, idempotency_key: str) -> RemoteItem | None:
+        """The item an earlier :meth:`create` of ``event`` with this key made, if it is there.
+
+        Asked when a create's answer was lost (timeout, reset) or it answered AlreadyExists,
+        so a landed create is linked at once instead of being guessed at on the next run.
+        CalDAV: GET the name the key gives. Graph: the event tagged with the event's UID.
         """
         ...
 

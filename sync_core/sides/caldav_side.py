@@ -901,6 +901,11 @@ class CalDAVCalendar:
         """The id :meth:`create` uses for this key (where a retried create would land)."""
         return dx.normalize_href(self.path + resource_name(idempotency_key))
 
+    def find_created(self, event: Event, *, idempotency_key: str) -> RemoteItem | None:
+        """The resource :meth:`create` makes for this key, if it is there (one GET)."""
+        found = self.get([self.id_for_key(idempotency_key)])
+        return found[0] if found else None
+
     def create(self, event: Event, *, idempotency_key: str) -> WriteResult:
         """PUT a new resource with ``If-None-Match: *`` (RFC 4791 5.3.2, RFC 7232 3.2).
 

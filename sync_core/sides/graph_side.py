@@ -9,7 +9,8 @@ Graph behaviour implemented here, by the Microsoft documentation page it comes f
   odata.maxpagesize`` sets the page size; ``$select``/``$expand``/``$filter`` are not supported.
   ``@removed`` (reason ``deleted``) is sent both for events deleted inside the range and for
   events *outside* the range that were added, changed or deleted -- so a removal is only
-  reported after ``GET /users/{u}/events/{id}`` answers 404.
+  reported after ``GET /users/{u}/events/{id}`` answers 404; a known event that answers with
+  a new etag was edited outside (or out of) the range and is read and reported as changed.
 - *Use delta query to track changes in Microsoft Graph data*: pages may be empty while a
   nextLink follows; the same entity may appear more than once ("Replays") -- merged by id, the
   last occurrence wins; 410 Gone (with a ``Location``) or ``syncStateNotFound`` means a new
@@ -84,6 +85,13 @@ INSTANCE_MARGIN = timedelta(days=31)
 _SERIES_TYPES = frozenset({"seriesmaster"})
 _INSTANCE_TYPES = frozenset({"occurrence", "exception"})
 CURSOR_VERSION = 1
+
+
+class _Gone:
+    """Marker: Graph answered 404 for an event (see ``GraphCalendar._probe``)."""
+
+
+_GONE = _Gone()
 # Fields never sent in a write body: attendees would make Exchange send meeting requests
 # (PLATFORM-NOTES, PRODUCT trap 6); transactionId cannot be changed after creation.
 _NEVER_WRITTEN = ("attendees",)
@@ -401,7 +409,17 @@ class GraphCalendar:
             candidates = [item_id for item_id in known if item_id not in listed]
         else:
             candidates = [item_id for item_id in removed if item_id in known]
-        deleted = [item_id for item_id in candidates if self._is_gone(item_id)]
+        deleted: list[str] = []
+        moved: list[str] = []
+        for item_id in candidates:
+            etag = self._probe(item_id)
+            if etag is _GONE:
+                deleted.append(item_id)
+            elif etag is None or etag != known.get(item_id):
+                moved.append(item_id)
+        # Still there with a new etag: edited outside the window (or moved out of it). Read
+        # it by id, so the change reaches the other side instead of being lost.
+        changed.extend(self.get(moved))
         cursor = _Cursor(self._scope, window[0], window[1], self.client.relative(delta_link)).dump()
         log.info(
             "graph %s: %s round: %d changed, %d removals seen, %d confirmed deleted%s",
@@ -414,14 +432,16 @@ class GraphCalendar:
         )
         return ChangeBatch(changed=changed, deleted=deleted, cursor=cursor, reset=reset)
 
-    def _is_gone(self, item_id: str) -> bool:
-        """True only when Graph answers 404 (or 410) for the event itself."""
+    def _probe(self, item_id: str) -> str | _Gone | None:
+        """The event's etag now, or ``_GONE`` only when Graph answers 404 (or 410) for the
+        event itself: *event: delta* sends ``@removed`` for events deleted, and for events
+        added, changed or deleted *outside* the range (one ``GET ?$select=id`` each)."""
         try:
-            self.client.get_json(self._event_path(item_id), params={"$select": "id"})
+            payload = self.client.get_json(self._event_path(item_id), params={"$select": "id"})
         except NotFound:
             self._seen.pop(item_id, None)
-            return True
-        return False
+            return _GONE
+        return _etag_of(payload) if isinstance(payload, Mapping) else None
 
     def _remote(self, item: Mapping[str, Any]) -> RemoteItem:
         item_id = str(item["id"])
@@ -561,6 +581,11 @@ class GraphCalendar:
                 remote = self._remote(item)
                 return RemoteItem(remote.id, remote.etag, remote.event, remote.match_uids | {uid}, remote.error)
         return None
+
+    def find_created(self, event: Event, *, idempotency_key: str) -> RemoteItem | None:
+        """The event a create of ``event`` made: every event we create carries its UID in our
+        extended property (one GET with ``$filter``; see :meth:`find_by_uid_tag`)."""
+        return self.find_by_uid_tag(event.uid) if event.uid else None
 
     # -- writing
     def create(self, event: Event, *, idempotency_key: str) -> WriteResult:
