@@ -1,4 +1,5 @@
-"""Bench: the pure reconcile step at scale, and a real sync against Radicale + the Graph stand-in.
+"""Older figures (``python -m bench --legacy``): the pure reconcile step at scale, a small real
+sync against Radicale + the Graph stand-in, and the webhook burst.
 
 Prints figures only; ``make bench`` is where speed and memory are measured.
 """
@@ -92,20 +93,6 @@ def bench_end_to_end(n: int = 200) -> None:
         sim.stop()
 
 
-def bench_cold_import(runs: int = 5) -> None:
-    """Time to import ``function_app`` in a fresh interpreter (what a cold start pays)."""
-    import statistics
-    import subprocess
-    import sys
-
-    code = "import time; t = time.perf_counter(); import function_app; print(time.perf_counter() - t)"
-    root = Path(__file__).resolve().parent.parent
-    times = [float(subprocess.run([sys.executable, "-c", code], cwd=root, check=True, capture_output=True,
-                                  text=True).stdout) for _ in range(runs)]
-    print(f"cold import of function_app: median {statistics.median(times):.3f} s over {runs} fresh processes "
-          f"(min {min(times):.3f}, max {max(times):.3f})")
-
-
 def bench_webhook_burst(edits: int = 500) -> None:
     """500 Graph notifications for one user through the Functions host stand-in on Azurite:
     the answer time Graph sees, the time inside the function, and the syncs they cause."""
@@ -136,5 +123,4 @@ def bench_webhook_burst(edits: int = 500) -> None:
 if __name__ == "__main__":
     bench_reconcile()
     bench_end_to_end()
-    bench_cold_import()
     bench_webhook_burst()

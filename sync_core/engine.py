@@ -8,7 +8,9 @@ make that re-read a no-op for what was already done.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -71,11 +73,17 @@ def sync_window(pairing: Pairing, now: datetime) -> tuple[datetime, datetime]:
 PlanHook = Callable[[Plan], None]
 
 
+#: Writes in flight per side while a plan is applied (Graph: at most 4 concurrent requests
+#: per mailbox, *Microsoft Graph throttling guidance* / Outlook service limits).
+WRITES_IN_FLIGHT = 4
+
+
 def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime | None = None,
               dry_run: bool = False, on_write: WriteHook | None = None, trigger: str = "manual",
-              on_plan: PlanHook | None = None) -> UserOutcome:
+              on_plan: PlanHook | None = None, workers: int = 1) -> UserOutcome:
     """Sync every pairing of one user. A failing pairing is recorded and the others go on.
-    Every write is recorded in the audit log with ``trigger``."""
+    Every write is recorded in the audit log with ``trigger``; ``workers``: see
+    :func:`~sync_core.apply.apply_plan`."""
     now = now or utcnow()
     user = store.get_user(upn)
     if user is None:
@@ -90,7 +98,7 @@ def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime 
         else:
             audit = None if dry_run else AuditTrail(user.upn, pairing.pairing_id, trigger)
             result = sync_pairing(pairing, opened, store, window=window, dry_run=dry_run, on_write=on_write,
-                                  on_plan=on_plan, now=now, audit=audit)
+                                  on_plan=on_plan, now=now, audit=audit, workers=workers)
         if not dry_run:
             _save_status(store, user, result, started=now)
         outcome.pairings.append(result)
@@ -145,13 +153,76 @@ class AuditTrail:
             self.entries = []
 
 
-def _pairing_rules(pairing: Pairing, store: StateStore, window: tuple[datetime, datetime] | None,
-                   now: datetime | None) -> PairingRules:
-    pid = pairing.pairing_id
-    first_sync = all(store.get_cursor(pid, side.value) is None for side in SideName)
+def _read_changes(sides: Mapping[SideName, Side], cursors: Mapping[SideName, str | None], links: _Links, *,
+                  concurrently: bool) -> dict[SideName, ChangeBatch]:
+    """Both sides' changes since their cursors; ``concurrently``: the two reads at once (two
+    servers: the run waits for the slower, not for both one after the other)."""
+    order = (SideName.M365, SideName.CALDAV)
+    if not concurrently:
+        return {side: sides[side].changes(cursors[side], links.known(side)) for side in order}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="read") as pool:
+        futures = {side: pool.submit(sides[side].changes, cursors[side], links.known(side)) for side in order}
+        return {side: futures[side].result() for side in order}
+
+
+class _Links:
+    """A pairing's link rows, read from the state store only when first needed: a run in
+    which neither side reports anything never reads them (its cost does not grow with the
+    calendar). ``known(side)`` is the id -> etag map the side's ``changes`` gets."""
+
+    def __init__(self, store: StateStore, pairing_id: str, *, quarantined: Sequence[PendingItem]) -> None:
+        self._store, self._pairing_id, self._quarantined = store, pairing_id, quarantined
+        self._links: list[ItemLink] | None = None
+        self._lock = threading.Lock()
+
+    def all(self) -> list[ItemLink]:
+        with self._lock:  # both sides' reads may ask at once
+            if self._links is None:
+                self._links = self._store.links(self._pairing_id)
+            return self._links
+
+    def known(self, side: SideName) -> Mapping[str, str | None]:
+        return _LazyKnown(lambda: self._known(side))
+
+    def _known(self, side: SideName) -> dict[str, str | None]:
+        known = {lk.id_on(side): lk.etag_on(side) for lk in self.all() if lk.id_on(side)}
+        # Quarantined items are "known" too (no etag: always re-read), so the side reports
+        # their deletion and the quarantine row is cleared instead of counting forever.
+        for held in self._quarantined:
+            if held.side == side.value:
+                known.setdefault(held.item_id, None)
+        return {k: v for k, v in known.items() if k}
+
+
+class _LazyKnown(Mapping[str, str | None]):
+    def __init__(self, load: Callable[[], dict[str, str | None]]) -> None:
+        self._load = load
+        self._data: dict[str, str | None] | None = None
+
+    def _loaded(self) -> dict[str, str | None]:
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def __getitem__(self, key: str) -> str | None:
+        return self._loaded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._loaded()
+
+
+def _pairing_rules(pairing: Pairing, window: tuple[datetime, datetime] | None,
+                   now: datetime | None, cursors: Mapping[SideName, str | None]) -> PairingRules:
+    first_sync = all(cursor is None for cursor in cursors.values())
     read_only = frozenset(side for side, flag in ((SideName.M365, pairing.m365_read_only),
                                                   (SideName.CALDAV, pairing.caldav_read_only)) if flag)
-    return PairingRules(pid, pairing.direction, pairing.conflict_policy,
+    return PairingRules(pairing.pairing_id, pairing.direction, pairing.conflict_policy,
                         window[0] if window else None, window[1] if window else None,
                         read_only=read_only,
                         first_sync_cap=pairing.first_sync_cap if first_sync else None,
@@ -162,39 +233,34 @@ def _pairing_rules(pairing: Pairing, store: StateStore, window: tuple[datetime, 
 def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore, *,
                  window: tuple[datetime, datetime] | None = None, dry_run: bool = False,
                  on_write: WriteHook | None = None, on_plan: PlanHook | None = None,
-                 now: datetime | None = None, audit: AuditTrail | None = None) -> PairingOutcome:
+                 now: datetime | None = None, audit: AuditTrail | None = None, workers: int = 1) -> PairingOutcome:
     """Read, reconcile, apply one pairing. Errors are returned in the outcome, not raised."""
     pid = pairing.pairing_id
-    rules = _pairing_rules(pairing, store, window, now)
+    cursors = {side: store.get_cursor(pid, side.value) for side in SideName}
+    rules = _pairing_rules(pairing, window, now, cursors)
     try:
-        links = store.links(pid)
-        known: dict[SideName, dict[str, str | None]] = {
-            SideName.M365: {lk.m365_id: lk.m365_etag for lk in links if lk.m365_id},
-            SideName.CALDAV: {lk.caldav_href: lk.caldav_etag for lk in links if lk.caldav_href},
-        }
-        # Quarantined items are "known" too (no etag: always re-read), so the side reports
-        # their deletion and the quarantine row is cleared instead of counting forever.
-        for held in store.pending(pid):
-            if held.quarantined:
-                known[SideName(held.side)].setdefault(held.item_id, None)
-        batches = {side: sides[side].changes(store.get_cursor(pid, side.value), known[side])
-                   for side in (SideName.M365, SideName.CALDAV)}
-        held_before = {(p.side, p.item_id): p for p in store.pending(pid)}
-        retried = _reread_pending(pairing, sides, store, batches, now=now or utcnow())
-        _restore_deleted_mirrors(rules, links, sides, batches)
-        try:
-            plan = reconcile(rules, links, batches[SideName.M365], batches[SideName.CALDAV])
-        except MassDeletion as exc:
-            if not dry_run:
-                store.save_pairing(replace(pairing, blocked_deletes=exc.deletes))
-            raise
+        pending = store.pending(pid)
+        links = _Links(store, pid, quarantined=[p for p in pending if p.quarantined])
+        batches = _read_changes(sides, cursors, links, concurrently=workers > 1)
+        held_before = {(p.side, p.item_id): p for p in pending}
+        retried = _reread_pending(pending, sides, batches, now=now or utcnow())
+        if any(b.changed or b.deleted for b in batches.values()):
+            _restore_deleted_mirrors(rules, links.all(), sides, batches)
+            try:
+                plan = reconcile(rules, links.all(), batches[SideName.M365], batches[SideName.CALDAV])
+            except MassDeletion as exc:
+                if not dry_run:
+                    store.save_pairing(replace(pairing, blocked_deletes=exc.deletes))
+                raise
+        else:
+            plan = Plan()  # nothing read: nothing to decide, and the links are never loaded
         if on_plan is not None:
             on_plan(plan)
         if dry_run:
             return PairingOutcome(pairing, plan=plan)
         _clear_resolved_pending(pid, store, batches, retried)
         try:
-            applied = apply_plan(plan, sides, store, on_write=_hooks(on_write, audit))
+            applied = apply_plan(plan, sides, store, on_write=_hooks(on_write, audit), workers=workers)
         except DavbridgeError:
             # A side-wide failure stopped the run: the cursors are not saved, so whatever the
             # listings showed comes again; items read only because of a pending row keep it.
@@ -204,7 +270,8 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
             if audit is not None:
                 audit.flush(store)
         for side, batch in batches.items():
-            store.save_cursor(pid, side.value, batch.cursor)
+            if batch.cursor != cursors[side]:
+                store.save_cursor(pid, side.value, batch.cursor)
         _back_off_quarantined(plan, held_before, store, now or utcnow())
         if pairing.blocked_deletes or pairing.confirmed_deletes:  # a confirmation is used once
             store.save_pairing(replace(pairing, blocked_deletes=0, confirmed_deletes=0))
@@ -272,13 +339,13 @@ def quarantine_backoff(attempts: int) -> timedelta:
     return min(QUARANTINE_FIRST_RETRY * 2 ** max(0, min(attempts - 1, 20)), QUARANTINE_MAX_RETRY)
 
 
-def _reread_pending(pairing: Pairing, sides: Mapping[SideName, Side], store: StateStore,
+def _reread_pending(pending: Sequence[PendingItem], sides: Mapping[SideName, Side],
                     batches: dict[SideName, ChangeBatch], *, now: datetime) -> dict[SideName, set[str]]:
     """Items whose write failed last run are read again, so their change is not lost even
     though the cursor moved on. Quarantined items are read again when they change, and on
     their own schedule with backoff (a server fix or a converter upgrade may let them sync)."""
     retried: dict[SideName, set[str]] = {SideName.M365: set(), SideName.CALDAV: set()}
-    for item in store.pending(pairing.pairing_id):
+    for item in pending:
         due = item.next_retry_at is None or item.next_retry_at <= now
         if not item.quarantined or due:
             retried[SideName(item.side)].add(item.item_id)

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 from sync_core.apply import WriteHook
 from sync_core.convert.recurrence import graph_unsupported_reason
 from sync_core.delegated import DelegatedAuth
-from sync_core.engine import PlanHook, UserOutcome, sync_user
+from sync_core.engine import WRITES_IN_FLIGHT, PlanHook, UserOutcome, sync_user
 from sync_core.errors import AuthenticationFailed, DavbridgeError
 from sync_core.queue import SyncQueue, open_queue
 from sync_core.secrets import SecretStore, open_secrets
@@ -271,7 +271,7 @@ class Services:
                   on_write: WriteHook | None = None, on_plan: PlanHook | None = None) -> UserOutcome:
         log.info("sync %s (trigger=%s, dry_run=%s)", "user", trigger, dry_run)
         return sync_user(upn, store=self.store, sides=self, dry_run=dry_run, on_write=on_write, trigger=trigger,
-                         on_plan=on_plan)
+                         on_plan=on_plan, workers=WRITES_IN_FLIGHT)
 
     def purge_audit(self) -> int:
         """Age out audit rows older than the retention (30 days)."""

@@ -4,6 +4,7 @@ the next write — and the next run leaves no duplicate and loses no edit on eit
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -18,6 +19,7 @@ from sync_core.sides.base import Side, SideName, WriteResult
 from sync_core.state.base import Pairing, UserRecord
 
 WRITES_PER_ROUND = 6
+_COUNTER_LOCK = threading.Lock()
 
 
 class Crash(BaseException):
@@ -32,8 +34,10 @@ class CrashAfterWrite:
         self.name = side.name
 
     def _count(self) -> None:
-        self.counter["writes"] += 1
-        if self.counter["writes"] == self.crash_at:
+        with _COUNTER_LOCK:  # writes run on several apply threads
+            self.counter["writes"] += 1
+            reached = self.counter["writes"]
+        if reached == self.crash_at:
             raise Crash(f"died after write {self.crash_at}")
 
     def changes(self, cursor: str | None, known: Mapping[str, str | None]) -> Any:

@@ -744,3 +744,60 @@ def test_a_refused_token_is_renewed_once_then_reported(sim: GraphSim, client: Gr
     with pytest.raises(AuthenticationFailed) as info:
         GraphClient(hopeless, base_url=sim.graph_url, verify=sim.ca_path).get_json(f"/users/{upn}/calendar")
     assert "401" in str(info.value) and "revoked-token" not in str(info.value)
+
+
+# --- JSON batching ---------------------------------------------------------------------------------
+def _batches(sim: GraphSim) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    log = sim.request_log
+    return ([r for r in log if r["path"].endswith("/$batch")],
+            [r for r in log if r.get("batch") and r["method"] == "POST"])
+
+
+def test_create_many_sends_batches_of_20_and_a_retry_creates_nothing_twice(
+    sim: GraphSim, client: GraphClient, outlook: Outlook, upn: str
+) -> None:
+    """45 creates: 3 ``$batch`` POSTs (20 + 20 + 5), each inner POST as ``create`` sends it, with
+    its ``transactionId``; the same creates sent again (an answer lost) make no second event."""
+    side = calendar(client, upn)
+    creates = [(model_event(f"batched {i}", in_window(1) + timedelta(hours=i), uid=f"u{i}@b"), f"key-{i}")
+               for i in range(45)]
+    sim.reset_request_log()
+    results = side.create_many(creates)
+    outer, inner = _batches(sim)
+    assert len(outer) == 3 and len(inner) == 45
+    assert all(not isinstance(r, Exception) for r in results)
+    assert [r.event.subject for r in results if not isinstance(r, Exception)] == [f"batched {i}" for i in range(45)]
+    listed = side.changes(None, {})
+    assert sorted(i.event.subject for i in listed.changed if i.event) == sorted(f"batched {i}" for i in range(45))
+
+    again = side.create_many(creates[:5])
+    assert all(not isinstance(r, Exception) for r in again)
+    assert {r.id for r in again if not isinstance(r, Exception)} == {r.id for r in results[:5]
+                                                                        if not isinstance(r, Exception)}
+    assert len(side.changes(None, {}).changed) == 45
+
+
+def test_create_many_retries_only_the_throttled_requests(sim: GraphSim, client: GraphClient, upn: str) -> None:
+    """Requests inside a batch are throttled one by one (429 with Retry-After in their own
+    headers): only those are sent again, after the Retry-After, in a new batch."""
+    side = calendar(client, upn)
+    creates = [(model_event(f"throttled {i}", in_window(2) + timedelta(hours=i)), f"t-{i}") for i in range(6)]
+    sim.reset_request_log()
+    sim.inject_throttle(2, retry_after=0.1)
+    results = side.create_many(creates)
+    outer, inner = _batches(sim)
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert len(outer) == 2 and len(inner) == 8  # 6, then the 2 throttled ones again
+    assert len(side.changes(None, {}).changed) == 6
+
+
+def test_create_many_gives_each_create_its_own_typed_error(sim: GraphSim, upn: str) -> None:
+    """A throttled request that stays throttled past the budget is ``Throttled`` while the
+    others in its batch are created."""
+    client = make_client(sim, max_attempts=1)
+    side = calendar(client, upn)
+    creates = [(model_event(f"budget {i}", in_window(3) + timedelta(hours=i)), f"b-{i}") for i in range(3)]
+    sim.inject_throttle(1, retry_after=0.1)
+    results = side.create_many(creates)
+    assert isinstance(results[0], Throttled)
+    assert [type(r).__name__ for r in results[1:]] == ["WriteResult", "WriteResult"]

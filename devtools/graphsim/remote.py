@@ -86,6 +86,17 @@ class RemoteGraphSim:
         answer = self._call("POST", "server-certificates", {"hosts": list(hosts)})
         return str(answer["cert"]), str(answer["key"])
 
+    @property
+    def request_log(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "requests", timeout=120)["value"])
+
+    def reset_request_log(self) -> None:
+        self._call("DELETE", "requests")
+
+    def set_latency(self, seconds: float) -> None:
+        """Every Graph answer waits ``seconds`` first (a round trip to a distant service)."""
+        self._call("POST", "latency", {"seconds": seconds})
+
     def stop(self) -> None:
         self._session.close()
         self._proc.stop()

@@ -1,7 +1,8 @@
 """Graph v1.0 routes: a table of (method, path pattern, handler) and the handlers.
 
-Adding an endpoint (``$batch`` comes later) means adding a :class:`Route` to :data:`ROUTES` and a
-method to :class:`GraphService`. The ``/subscriptions`` routes are served by
+Adding an endpoint means adding a :class:`Route` to :data:`ROUTES` and a method to
+:class:`GraphService` (``$batch`` is not a route: ``batch.py``, called by ``server.py``, runs each
+inner request through the server's Graph path and so through this table). The ``/subscriptions`` routes are served by
 :class:`~devtools.graphsim.subscriptions.SubscriptionService` (``GraphService.subscriptions``).
 
 Paths are matched segment by segment, literals case-insensitively (Graph's are), after

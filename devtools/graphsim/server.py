@@ -17,6 +17,10 @@ Cross-cutting behaviour implemented here (sources in README.md):
 * Every response carries ``request-id`` and ``client-request-id`` (echoed when the client sent one).
 * Change notifications (``/subscriptions``, webhook delivery, lifecycle notifications) live in
   ``subscriptions.py``; the server owns the delivery pool and stops it with the server.
+* JSON batching (``POST /v1.0/$batch``) lives in ``batch.py``, which runs each inner request through
+  ``_graph_call`` after its own fault draw and logs it with ``_log_exchange``.
+* The request log counts ``bytes_in`` (request line, headers, body as read) and ``bytes_out`` (the
+  answer as sent) of every request.
 
 The server listens on loopback only, with a certificate from a throw-away ``trustme`` CA whose
 PEM is written to ``<state_dir>/ca.pem``.
@@ -36,14 +40,17 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
+from devtools.graphsim import batch as batching
 from devtools.graphsim import faults as fault_hooks
 from devtools.graphsim.auth import DEFAULT_ROLES, AccessToken, AuthService
 from devtools.graphsim.odata import GraphError, error_body, parse_prefer
@@ -113,11 +120,43 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+class _CountingReader:
+    """The request stream, counting the bytes the handler consumed (request line, headers, body):
+    ``take()`` returns the count of the request being handled and starts the next one at 0."""
+
+    def __init__(self, raw: BufferedIOBase) -> None:
+        self._raw = raw
+        self._count = 0
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._raw.readline(size)
+        self._count += len(line)
+        return line
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(size)
+        self._count += len(data)
+        return data
+
+    def take(self) -> int:
+        count, self._count = self._count, 0
+        return count
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "graphsim/1"
     timeout = 60
     server: _Server
+    counted: _CountingReader
+
+    def setup(self) -> None:
+        super().setup()
+        self.counted = _CountingReader(self.rfile)
+        self.rfile = cast(BufferedIOBase, self.counted)  # bytes_in of the request log
 
     def do_GET(self) -> None:
         self.server.sim._dispatch(self)
@@ -260,7 +299,9 @@ class GraphSim:
 
     @property
     def request_log(self) -> list[dict[str, Any]]:
-        """Graph and identity requests: ``{method, path, query, status, user, app, time}``."""
+        """Graph and identity requests: ``{method, path, query, status, user, app, time, fault,
+        client_request_id, request_id, batch, bytes_in, bytes_out}`` (inner ``$batch`` requests also
+        ``batch_step``; see README.md)."""
         with self._log_lock:
             return list(self._request_log)
 
@@ -330,7 +371,9 @@ class GraphSim:
         self.graph.inject_empty_delta_pages(count)
 
     def set_latency(self, seconds: float) -> None:
-        """Delay every Graph request (to exercise the mailbox concurrency limit)."""
+        """Delay every Graph HTTP request by ``seconds`` (a network round trip; a ``$batch``
+        waits once, not once per request inside it), e.g. to exercise the mailbox
+        concurrency limit."""
         self._latency = max(0.0, float(seconds))
 
     # -- change notifications ------------------------------------------------------------------
@@ -433,6 +476,7 @@ class GraphSim:
         segments = [unquote(s) for s in url.path.split("/") if s]
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         body = self._read_body(h)
+        bytes_in = h.counted.take()  # request line + headers + body as received
         request_id = str(uuid.uuid4())
         client_request_id = h.headers.get("client-request-id") or request_id
         record: dict[str, Any] = {
@@ -445,19 +489,30 @@ class GraphSim:
             "time": time.time(),
         }
         admin = bool(segments) and segments[0] == "_sim"
+        is_batch = segments[:1] == ["v1.0"] and batching.is_batch_path(segments[1:])
         # -- fault injection (faults.py): pick this request's fault, if any -------------------
+        # (a $batch envelope draws none: its inner requests draw theirs, batch.py)
         fault = None
         if not admin:
-            fault = self.faults.draw(h.command, record["path"], h.headers.get("Authorization"))
+            if not is_batch:
+                fault = self.faults.draw(h.command, record["path"], h.headers.get("Authorization"))
             record["fault"] = fault_hooks.label(fault)
             record["client_request_id"] = h.headers.get("client-request-id")
+            record |= {"request_id": request_id, "batch": None, "bytes_in": bytes_in, "bytes_out": 0}
         # ---------------------------------------------------------------------------------------
         try:
             early = fault_hooks.answer_before(self, fault, request_id, client_request_id) if fault else None
             if early is not None:
                 resp = early
+            elif is_batch:  # batch.py: runs each inner request through _graph_call
+                if self._latency:  # one round trip for the batch, none per inner request
+                    time.sleep(self._latency)
+                resp, inner_fault = batching.handle(self, h, body, request_id, client_request_id, record)
+                fault = inner_fault or fault  # an inner timeout/reset loses the whole answer
             elif segments[:1] == ["v1.0"]:
-                resp = self._graph_call(h, segments[1:], query, body, request_id, client_request_id, record)
+                resp = self._graph_call(
+                    h.command, h.headers, segments[1:], query, body, request_id, client_request_id, record
+                )
             elif admin:
                 resp = self._admin_call(h.command, segments[1:], body)
             else:
@@ -469,22 +524,30 @@ class GraphSim:
             resp = fault_hooks.answer_after(self, fault, h, resp, request_id, client_request_id)
         resp.headers.setdefault("request-id", request_id)
         resp.headers.setdefault("client-request-id", client_request_id)
-        record["status"] = None if fault_hooks.dropped(resp) else resp.status
+        dropped = fault_hooks.dropped(resp)
+        data = b"" if dropped else self._encode(h, resp)
         if not admin:
-            with self._log_lock:
-                self._request_log.append(record)
-                if isinstance(resp.body, dict):
-                    logged = resp.body
-                    secret_fields = {"access_token", "refresh_token", "id_token"} & logged.keys()
-                    if secret_fields:
-                        logged = {**logged, **dict.fromkeys(secret_fields, "<redacted>")}
-                    self._response_log.append(
-                        {k: record[k] for k in ("method", "path", "query", "status")} | {"body": logged}
-                    )
-        if fault is not None and fault_hooks.dropped(resp):
+            record["bytes_out"] = len(data)
+            self._log_exchange(record, resp)
+        if fault is not None and dropped:
             fault_hooks.drop(self, fault, h)  # faults.py: stall (timeout) and close, or reset
             return
-        self._write(h, resp)
+        h.wfile.write(data)
+
+    def _log_exchange(self, record: dict[str, Any], resp: Response) -> None:
+        """Append a Graph/identity request to ``request_log`` and its JSON body (secrets redacted)
+        to ``response_log``; batch.py logs inner requests of a ``$batch`` through here too."""
+        record["status"] = None if fault_hooks.dropped(resp) else resp.status
+        with self._log_lock:
+            self._request_log.append(record)
+            if isinstance(resp.body, dict):
+                logged = resp.body
+                secret_fields = {"access_token", "refresh_token", "id_token"} & logged.keys()
+                if secret_fields:
+                    logged = {**logged, **dict.fromkeys(secret_fields, "<redacted>")}
+                self._response_log.append(
+                    {k: record[k] for k in ("method", "path", "query", "status", "batch")} | {"body": logged}
+                )
 
     @staticmethod
     def _read_body(h: _Handler) -> bytes:
@@ -502,43 +565,55 @@ class GraphSim:
         return h.rfile.read(length) if length else b""
 
     @staticmethod
-    def _write(h: _Handler, resp: Response) -> None:
+    def _encode(h: _Handler, resp: Response) -> bytes:
+        """The whole answer as sent (status line, headers, body), built before it is logged so
+        that ``bytes_out`` is in the request log by the time the client has the answer; the head
+        is what ``BaseHTTPRequestHandler.send_response``/``send_header`` would write."""
         payload = b""
         if resp.body is not None:
             payload = json.dumps(resp.body).encode()
             resp.headers.setdefault("Content-Type", JSON_CONTENT_TYPE)
             resp.headers.setdefault("OData-Version", "4.0")
-        h.send_response(resp.status)
-        for name, value in resp.headers.items():
-            h.send_header(name, value)
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        if payload and h.command != "HEAD":
-            h.wfile.write(payload)
+        h.log_request(resp.status)
+        reason = h.responses[resp.status][0] if resp.status in h.responses else ""
+        lines = [
+            f"{h.protocol_version} {resp.status} {reason}",
+            f"Server: {h.version_string()}",
+            f"Date: {h.date_time_string()}",
+            *(f"{name}: {value}" for name, value in resp.headers.items()),
+            f"Content-Length: {len(payload)}",
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict")
+        return head + (payload if h.command != "HEAD" else b"")
 
     def _graph_call(
         self,
-        h: _Handler,
+        method: str,
+        headers: Message,
         segments: list[str],
         query: dict[str, str],
         body: bytes,
         request_id: str,
         client_request_id: str,
         record: dict[str, Any],
+        *,
+        round_trip: bool = True,
     ) -> Response:
+        """One Graph request; ``round_trip`` False for a request inside a ``$batch`` (the
+        latency set with :meth:`set_latency` stands for the network: once per HTTP request)."""
         req = Request(
-            method=h.command,
+            method=method,
             segments=segments,
             query=query,
-            headers=h.headers,  # type: ignore[arg-type]
+            headers=headers,  # type: ignore[arg-type]
             body=body,
             graph_url=self.graph_url,
             request_id=request_id,
             client_request_id=client_request_id,
-            prefer=parse_prefer(h.headers.get_all("Prefer") or []),
+            prefer=parse_prefer(headers.get_all("Prefer") or []),
         )
         try:
-            token = self.auth.validate_bearer(h.headers.get("Authorization"))
+            token = self.auth.validate_bearer(headers.get("Authorization"))
             req.app = token
             record["app"] = token.client_id
             if token.delegated:
@@ -551,7 +626,7 @@ class GraphSim:
             record["user"] = user.upn if user else mailbox
             self._take_fault()
             with self._mailbox_slot(token.client_id, user.id if user else (mailbox or "").lower()):
-                if self._latency:
+                if self._latency and round_trip:
                     time.sleep(self._latency)
                 return self.graph.handle(req)
         except GraphError as err:

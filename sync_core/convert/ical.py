@@ -283,11 +283,16 @@ def event_to_ical(event: Event, previous: str | bytes | None = None) -> str:
         _rename_windows_tzids(component)
 
     first_year, last_year = _years(event)
-    for timezone in _timezones_for(components, first_year, last_year, previous_calendar):
-        calendar.add_component(timezone)
     for component in components:
         calendar.add_component(component)
-    return calendar.to_ical().decode("utf-8")
+    text = calendar.to_ical().decode("utf-8")
+    zones = _timezones_for(components, first_year, last_year, previous_calendar)
+    if not zones:
+        return text
+    # The VTIMEZONEs go before the VEVENTs; a generated one is serialised once per process
+    # (most of the cost of writing an event was serialising the same VTIMEZONE again).
+    first_event = text.index("BEGIN:VEVENT\r\n")
+    return text[:first_event] + "".join(zones) + text[first_event:]
 
 
 def server_scheduled(data: str | bytes) -> bool:
@@ -362,11 +367,42 @@ def _raw_top_vevent_values(data: str | bytes, name: str) -> list[str | None]:
 
 
 # --- parsing helpers -------------------------------------------------------------------------
+_VTIMEZONE_BLOCK = re.compile(r"^BEGIN:VTIMEZONE\r?\n.*?^END:VTIMEZONE\r?\n", re.M | re.S)
+_TZID_LINE = re.compile(r"^TZID(?:;[^:\r\n]*)?:([^\r\n]*)", re.M)
+_FOLD = re.compile(r"\r?\n[ \t]")
+
+
+def _without_known_vtimezones(data: str | bytes) -> str | bytes:
+    """``data`` without the VTIMEZONEs of zones the reader resolves by name (``_known_zone``:
+    their rules come from tzdata, the component is never read), so they are not parsed.
+    Anything not plainly a well-formed block is left as it is."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+    else:
+        text = data
+    if "BEGIN:VTIMEZONE" not in text:
+        return data
+
+    def drop(block: re.Match[str]) -> str:
+        tzid = _TZID_LINE.search(_FOLD.sub("", block.group(0)))
+        if tzid is None or block.group(0).count("BEGIN:VTIMEZONE") != 1:
+            return block.group(0)
+        name = tzid.group(1).strip()
+        # A globally unique TZID ("/vendor/.../Zone") keeps its block: without it icalendar
+        # guesses the zone with a warning.
+        return "" if not name.startswith("/") and _known_zone(name) is not None else block.group(0)
+
+    return _VTIMEZONE_BLOCK.sub(drop, text)
+
+
 def _parse(data: str | bytes | None) -> Calendar:
     if data is None or not data.strip():
         raise InvalidICalendar("resource is empty")
     try:
-        components = Calendar.from_ical(data, multiple=True)
+        components = Calendar.from_ical(_without_known_vtimezones(data), multiple=True)
     except Exception as exc:  # icalendar raises ValueError, KeyError, ...; content stays out
         raise InvalidICalendar(f"not parseable as iCalendar ({type(exc).__name__})") from None
     calendars = [c for c in components if c.name == "VCALENDAR"]
@@ -1329,22 +1365,23 @@ def _used_tzids(vevent: Component) -> list[str]:
 
 def _timezones_for(
     components: list[Component], first_year: int, last_year: int, previous_calendar: Calendar | None
-) -> list[Component]:
-    """A VTIMEZONE for every TZID used in any component (RFC 5545 3.2.19 requires one)."""
+) -> list[str]:
+    """A VTIMEZONE (serialised) for every TZID used in any component (RFC 5545 3.2.19
+    requires one)."""
     previous_timezones = {
         str(tz.get("TZID", "")): tz
         for tz in (previous_calendar.walk("VTIMEZONE") if previous_calendar is not None else [])
     }
-    result: list[Component] = []
+    result: list[str] = []
     used: list[str] = []
     for component in components:
         used.extend(tzid for tzid in _used_tzids(component) if tzid not in used)
     for tzid in used:
         known = _known_zone(tzid)
         if known is not None:
-            result.append(Timezone.from_ical(_vtimezone(known, tzid, first_year, last_year)))
+            result.append(_serialised_vtimezone(known, tzid, first_year, last_year))
         elif tzid in previous_timezones:
-            result.append(previous_timezones[tzid])
+            result.append(previous_timezones[tzid].to_ical().decode("utf-8"))
     return result
 
 
@@ -1384,6 +1421,12 @@ def _rule_last_year(rule: str, start_year: int) -> int:
     else:
         last = start_year + _OPEN_ENDED_YEARS
     return min(max(last, start_year), start_year + _MAX_YEARS)
+
+
+@functools.lru_cache(maxsize=256)
+def _serialised_vtimezone(zone_name: str, tzid: str, first_year: int, last_year: int) -> str:
+    """The VTIMEZONE as icalendar writes it (folded, CRLF), parsed and serialised once."""
+    return str(Timezone.from_ical(_vtimezone(zone_name, tzid, first_year, last_year)).to_ical().decode("utf-8"))
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,11 +8,12 @@ the resource href (path, as the server spelled it) for CalDAV. Etags are opaque 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from sync_core.errors import DavbridgeError
 from sync_core.model import Event
 
 
@@ -72,6 +73,26 @@ class WriteResult:
     id: str
     etag: str | None
     event: Event
+
+
+@runtime_checkable
+class BatchCreates(Protocol):
+    """A side that can create many items in one round trip (Graph ``$batch``)."""
+
+    def create_many(self, creates: Sequence[tuple[Event, str]]) -> list[WriteResult | DavbridgeError]:
+        """Create each (event, idempotency key) as :meth:`Side.create` would; return, in order,
+        each one's result or the error :meth:`Side.create` would have raised."""
+        ...
+
+
+@runtime_checkable
+class SharedResources(Protocol):
+    """A side on which several items can live in one stored resource (CalDAV: the
+    occurrences of an expanded series), so writes to them must not run at once."""
+
+    def resource_of(self, item_id: str) -> str:
+        """The stored resource holding the item."""
+        ...
 
 
 class Side(Protocol):

@@ -47,8 +47,10 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -80,6 +82,8 @@ log = logging.getLogger("davbridge.caldav")
 
 DEFAULT_MAX_ITEM_BYTES: Final = 1 << 20
 MULTIGET_CHUNK: Final = 50
+#: calendar-multiget requests in flight at once while reading many items.
+READS_IN_FLIGHT: Final = 4
 MAX_SYNC_ROUNDS: Final = 50
 # RFC 6578 3.2 says 403 + DAV:valid-sync-token; servers also use these for stale tokens.
 STALE_TOKEN_STATUSES: Final = frozenset({403, 409, 410, 412, 418, 507})
@@ -197,8 +201,10 @@ class _Http:
     """Raw requests over the DAVClient's session and credentials, counted and logged.
 
     429 / 503 are retried ``retries`` times, waiting for ``Retry-After`` (capped at
-    ``max_wait`` seconds), then raise :class:`Throttled`. Redirects are followed by hand, with
-    method and body kept, and only within the same origin (credentials never leave it).
+    ``max_wait`` seconds), then raise :class:`Throttled`; 423 Locked is retried
+    ``LOCKED_RETRIES`` times with a short backoff (a server committing another write).
+    Redirects are followed by hand, with method and body kept, and only within the same
+    origin (credentials never leave it).
     """
 
     def __init__(self, client: DAVClient, *, retries: int = 2, max_wait: float = 5.0) -> None:
@@ -223,6 +229,7 @@ class _Http:
         hdrs.update(headers or {})
         redirects = 0
         attempt = 0
+        locked = 0
         while True:
             self.count += 1
             reply = self._once(method, url, body, hdrs)
@@ -235,6 +242,12 @@ class _Http:
                         "configure the CalDAV URL of that host instead"
                     )
                 url, redirects = target, redirects + 1
+                continue
+            if reply.status == 423 and locked < LOCKED_RETRIES:
+                # RFC 4918 11.3 423 Locked: some servers (Xandikos, a git store) lock the whole
+                # collection while one write commits, so concurrent writes meet it briefly.
+                time.sleep(min(0.05 * 2 ** locked, 1.0))
+                locked += 1
                 continue
             if reply.status in (429, 503):
                 if attempt < self.retries:
@@ -275,6 +288,11 @@ class _Http:
             raise _transport_error(exc, url) from None
         return _Reply(int(r.status_code or 0), dict(r.headers or {}), r.content or b"", url)
 
+
+_WRITE_METHODS: Final = frozenset({"PUT", "DELETE"})
+
+#: Tries again after 423 Locked (0.05 s doubling, about 3 s in all), then the answer stands.
+LOCKED_RETRIES = 6
 
 _SSL_REASON: Final = re.compile(r"\[SSL: [A-Z0-9_]+\] ([^()\]\[]{3,160}?)\s*(?:\(_ssl|$|\)|')")
 
@@ -437,12 +455,20 @@ class CalDAVCalendar:
         # Bodies of the last read, per id, so an update keeps other clients' properties without
         # a second GET (RFC 4791 5.3.2 replaces the whole resource).
         self._bodies: dict[str, _Found] = {}
+        self._writes = threading.Condition()
+        self._writes_in_flight = 0
+        self._writes_overlapped = False  # two writes were in flight at once, this run
+        self._one_write_at_a_time = False
 
     @property
     def request_count(self) -> int:
         return self._http.count
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def resource_of(self, item_id: str) -> str:
+        """The resource an item lives in (an expanded occurrence: its series' resource)."""
+        return dx.normalize_href(split_occurrence_id(item_id)[0])
 
     def _url(self, item_id: str) -> str:
         return urljoin(self.url, dx.normalize_href(item_id))
@@ -465,7 +491,36 @@ class CalDAVCalendar:
             hdrs["Depth"] = depth
         if content_type:
             hdrs["Content-Type"] = content_type
-        return self._http.send(method, url, body=body, headers=hdrs)
+        if method not in _WRITE_METHODS:
+            return self._http.send(method, url, body=body, headers=hdrs)
+        return self._write(method, url, body, hdrs)
+
+    def _write(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> _Reply:
+        """A PUT or DELETE. Writes may run on several threads (``apply_plan``'s workers); a
+        server that fails a write (423 or 500) once writes overlapped (Xandikos commits each
+        write to git and fails the loser of a race) gets that write again once no other is in
+        flight, and every later write one at a time."""
+        reply = self._write_once(method, url, body, headers)
+        if self._writes_overlapped and reply.status in (423, 500):
+            if not self._one_write_at_a_time:
+                log.info("%s: the server failed a %s made alongside other writes (HTTP %d); "
+                         "writing one at a time from now on", self.path, method, reply.status)
+            self._one_write_at_a_time = True
+            reply = self._write_once(method, url, body, headers)
+        return reply
+
+    def _write_once(self, method: str, url: str, body: bytes, headers: Mapping[str, str]) -> _Reply:
+        with self._writes:
+            if self._one_write_at_a_time:
+                self._writes.wait_for(lambda: self._writes_in_flight == 0, timeout=120)
+            self._writes_in_flight += 1
+            self._writes_overlapped = self._writes_overlapped or self._writes_in_flight > 1
+        try:
+            return self._http.send(method, url, body=body, headers=headers)
+        finally:
+            with self._writes:
+                self._writes_in_flight -= 1
+                self._writes.notify_all()
 
     def _multistatus(self, reply: _Reply, what: str) -> dx.Multistatus:
         try:
@@ -499,7 +554,9 @@ class CalDAVCalendar:
             batch.cursor = json.dumps(data, separators=(",", ":"))
         return batch
 
-    def _changes(self, cursor: str | None, known: Mapping[str, str | None]) -> ChangeBatch:
+    @staticmethod
+    def _index_known(known: Mapping[str, str | None]) -> tuple[dict[str, str | None], dict[str, str]]:
+        """``known`` by normalised href: (etag of each resource, the caller's spelling)."""
         spelled: dict[str, str] = {}
         known_n: dict[str, str | None] = {}
         for k, v in known.items():
@@ -510,18 +567,27 @@ class CalDAVCalendar:
             else:
                 spelled.setdefault(canonical, href)
             known_n[canonical] = dx.normalize_etag(_resource_etag(v))
+        return known_n, spelled
+
+    def _changes(self, cursor: str | None, known: Mapping[str, str | None]) -> ChangeBatch:
         state = _Cursor.load(cursor)
         if state is None:
             if cursor:
                 log.warning("unreadable cursor for %s: full listing", self.path)
-            return self._full_listing(known_n, spelled, reset=bool(cursor), token=None, fetch_token=True)
+            return self._full_listing(*self._index_known(known), reset=bool(cursor), token=None, fetch_token=True)
         if state.mode == "etag" or state.token is None:
-            return self._full_listing(known_n, spelled, reset=False, token=None, fetch_token=False)
+            return self._full_listing(*self._index_known(known), reset=False, token=None, fetch_token=False)
         try:
             delta = self._sync(state.token)
         except _TokenRefused as exc:
             log.info("sync token refused on %s (%s): full listing", self.path, exc.reason)
-            return self._full_listing(known_n, spelled, reset=True, token=None, fetch_token=not exc.unsupported)
+            return self._full_listing(*self._index_known(known), reset=True, token=None,
+                                      fetch_token=not exc.unsupported)
+        if not delta.changed and not delta.deleted:
+            # Nothing changed: the cost stays that of the REPORT, whatever the calendar's size
+            # (``known`` is not even read, so the caller may load it lazily).
+            return ChangeBatch(cursor=_Cursor("sync", delta.token).dump())
+        known_n, spelled = self._index_known(known)
         if self._looks_like_restart(delta, known_n):
             log.info("sync on %s returned the whole collection for an incremental token: full listing", self.path)
             return self._full_listing(known_n, spelled, reset=True, token=delta.token, fetch_token=False)
@@ -539,6 +605,8 @@ class CalDAVCalendar:
         rule, inside the window; a series that switched between expanded and whole). When the
         window moved, expanded series are read again so new occurrences appear.
         """
+        if not batch.changed and not batch.deleted and not window_moved:
+            return batch  # nothing read, nothing gone: no known item to translate
         by_href: dict[str, list[str]] = {}
         for k in known:
             href, _ = split_occurrence_id(k)
@@ -726,9 +794,14 @@ class CalDAVCalendar:
         """Bodies of these (canonical) ids: calendar-multiget in chunks, GET for the leftovers."""
         ids = list(dict.fromkeys(ids))
         out: dict[str, _ReadResult] = {}
-        for start in range(0, len(ids), self.multiget_chunk):
-            chunk = ids[start : start + self.multiget_chunk]
-            out.update(self._multiget(chunk))
+        chunks = [ids[start : start + self.multiget_chunk] for start in range(0, len(ids), self.multiget_chunk)]
+        if len(chunks) > 1:  # bounded chunks, a few in flight (one round trip each)
+            with ThreadPoolExecutor(max_workers=min(READS_IN_FLIGHT, len(chunks)),
+                                    thread_name_prefix="multiget") as pool:
+                for found in pool.map(self._multiget, chunks):
+                    out.update(found)
+        elif chunks:
+            out.update(self._multiget(chunks[0]))
         for item in ids:
             if item not in out:
                 out[item] = self._get_one(item)

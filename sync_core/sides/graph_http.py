@@ -30,7 +30,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -43,6 +43,7 @@ import requests
 
 from sync_core.errors import (
     AuthenticationFailed,
+    DavbridgeError,
     DeltaTokenExpired,
     NotFound,
     PreconditionFailed,
@@ -58,6 +59,18 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 IMMUTABLE_ID_PREFERENCE = 'IdType="ImmutableId"'
 
 RETRY_STATUSES = frozenset({429, 503, 504})
+#: *JSON batching*: "JSON batch requests are currently limited to 20 individual requests".
+BATCH_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """One request inside a ``$batch``: ``url`` relative to the version (``/users/...``)."""
+
+    method: str
+    url: str
+    body: Any = None
+    headers: Mapping[str, str] | None = None
 # Graph's codes for "this delta/skip token can no longer be used" (delta query overview,
 # "Token duration": 40X with codes *such as* syncStateNotFound; compared case-insensitively).
 _RESYNC_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
@@ -327,12 +340,16 @@ class GraphError:
 
 
 def _graph_error(resp: requests.Response) -> GraphError:
-    code = message = ""
-    request_id = resp.headers.get("request-id", "") or resp.headers.get("client-request-id", "")
     try:
         body = resp.json()
     except ValueError:
         body = None
+    return _error_of(resp.status_code, resp.headers, body)
+
+
+def _error_of(status: int, headers: Mapping[str, str], body: Any) -> GraphError:
+    code = message = ""
+    request_id = headers.get("request-id", "") or headers.get("client-request-id", "")
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
         code = str(err.get("code") or "")
@@ -340,7 +357,7 @@ def _graph_error(resp: requests.Response) -> GraphError:
         inner = err.get("innerError") or err.get("innererror")
         if not request_id and isinstance(inner, dict):
             request_id = str(inner.get("request-id") or "")
-    return GraphError(resp.status_code, code, message, request_id)
+    return GraphError(status, code, message, request_id)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -532,13 +549,80 @@ class GraphClient:
         if seconds > 0:
             self.sleep(seconds)
 
+    def batch(self, steps: Sequence[BatchStep]) -> list[dict[str, Any] | DavbridgeError]:
+        """Send up to ``BATCH_LIMIT`` requests in one ``POST /$batch`` (*Combine multiple HTTP
+        requests using JSON batching*) and return, in order, each one's JSON answer or its
+        typed error (as :meth:`request` would raise it).
+
+        The batch's own headers do not reach the requests inside it, so each carries its own
+        ``Prefer`` (immutable ids). Requests inside are "evaluated individually against the
+        applicable throttling limits": those answered 429/503/504 alone are sent again, in a
+        new batch after the longest ``Retry-After``, within the same tries and waiting budget
+        as :meth:`request`; past it they are :class:`Throttled`. The batch POST itself is
+        retried by :meth:`request`."""
+        if len(steps) > BATCH_LIMIT:
+            raise ValueError(f"a Graph $batch holds at most {BATCH_LIMIT} requests")
+        pending = {str(i + 1): step for i, step in enumerate(steps)}
+        results: dict[str, dict[str, Any] | DavbridgeError] = {}
+        waited, attempt = 0.0, 0
+        while pending:
+            attempt += 1
+            body = {"requests": [
+                {"id": key, "method": step.method, "url": step.url,
+                 "headers": {"Prefer": IMMUTABLE_ID_PREFERENCE, **({"Content-Type": "application/json"}
+                                                                  if step.body is not None else {}),
+                             **dict(step.headers or {})},
+                 **({"body": step.body} if step.body is not None else {})}
+                for key, step in pending.items()]}
+            answer = _json_object(self.request("POST", "/$batch", json=body), "POST", "/$batch")
+            replies = {str(r.get("id")): r for r in answer.get("responses") or [] if isinstance(r, dict)}
+            again: dict[str, BatchStep] = {}
+            delay = 0.0
+            for key, step in pending.items():
+                reply = replies.get(key)
+                if reply is None:
+                    results[key] = SideError(f"Graph $batch: no answer for {step.method} {urlsplit(step.url).path}")
+                    continue
+                status = int(reply.get("status") or 0)
+                headers = {str(k): str(v) for k, v in (reply.get("headers") or {}).items()}
+                if 200 <= status < 400:
+                    answered = reply.get("body")
+                    results[key] = answered if isinstance(answered, dict) else {}
+                elif status in RETRY_STATUSES:
+                    again[key] = step
+                    retry_after = parse_retry_after(headers.get("Retry-After"))
+                    delay = max(delay, retry_after if retry_after is not None else self._backoff(attempt))
+                else:
+                    path = urlsplit(step.url).path
+                    results[key] = self._typed(step.method, path, status, headers, reply.get("body"), "/delta" in path)
+            if again and (attempt >= self.max_attempts or waited + delay > self.max_wait):
+                for key, step in again.items():
+                    results[key] = Throttled(f"Graph {step.method} {urlsplit(step.url).path} in $batch: throttled; "
+                                             f"gave up after {attempt} tries and {waited:.1f} s of waiting")
+                break
+            if again:
+                log.info("graph $batch: %d of %d requests throttled; waiting %.2f s (try %d)",
+                         len(again), len(pending), delay, attempt)
+                self._wait(delay)
+                waited += delay
+            pending = again
+        return [results[str(i + 1)] for i in range(len(steps))]
+
     @staticmethod
     def _error(method: str, path: str, resp: requests.Response, is_delta: bool) -> Exception:
-        err = _graph_error(resp)
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        return GraphClient._typed(method, path, resp.status_code, resp.headers, body, is_delta)
+
+    @staticmethod
+    def _typed(method: str, path: str, status: int, headers: Mapping[str, str], body: Any,
+               is_delta: bool) -> DavbridgeError:
+        err = _error_of(status, headers, body)
         text = err.describe(method, path)
-        status = resp.status_code
         if is_delta and (status == 410 or err.code.lower() in _RESYNC_CODES):
-            return DeltaReset(text, location=resp.headers.get("Location"))
+            return DeltaReset(text, location=headers.get("Location"))
         if err.code == "ErrorIrresolvableConflict" or status == 412:
             return PreconditionFailed(text)
         if status in (401, 403):
