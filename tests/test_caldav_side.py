@@ -714,3 +714,23 @@ def test_discovery_privileges_components_and_default(monkeypatch: pytest.MonkeyP
     assert found["Team"].read_only and found["Team"].supports_events  # no set = all components
     assert found["Team"].is_default and not found["Main"].is_default
     assert found["Team"].url == "http://dav.test/home/u/shared%20team/"
+
+
+def test_a_listing_is_read_response_by_response() -> None:
+    """``MultistatusStream``: the same responses as the whole-document parser, the sync token
+    after them, its memory that of one response (elements freed as it goes)."""
+    from sync_core.sides import caldav_xml as dx
+
+    body = ('<?xml version="1.0"?><D:multistatus xmlns:D="DAV:">'
+            + "".join(f'<D:response><D:href>/c/{i}.ics</D:href><D:propstat><D:prop><D:getetag>"e{i}"</D:getetag>'
+                      "</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>" for i in range(3))
+            + '<D:response><D:href>/c/gone.ics</D:href><D:status>HTTP/1.1 404 Not Found</D:status></D:response>'
+              "<D:sync-token>http://example.org/sync/7</D:sync-token></D:multistatus>").encode()
+    stream = dx.MultistatusStream(body)
+    read = [(r.href, r.status, r.text(dx.GETETAG)) for r in stream.responses()]
+    whole = dx.parse_multistatus(body)
+    assert read == [(r.href, r.status, r.text(dx.GETETAG)) for r in whole.responses]
+    assert stream.sync_token == whole.sync_token == "http://example.org/sync/7"
+    for bad in (b"<html><body>oops</body></html>", b"<D:multistatus xmlns:D='DAV:'><D:response>"):
+        with pytest.raises(dx.XMLError):
+            list(dx.MultistatusStream(bad).responses())

@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -82,6 +84,8 @@ log = logging.getLogger("davbridge.caldav")
 
 DEFAULT_MAX_ITEM_BYTES: Final = 1 << 20
 MULTIGET_CHUNK: Final = 50
+#: Bodies kept from reads for later updates (see ``CalDAVCalendar._remember_body``).
+MAX_CACHED_BODIES: Final = 2000
 #: calendar-multiget requests in flight at once while reading many items.
 READS_IN_FLIGHT: Final = 4
 MAX_SYNC_ROUNDS: Final = 50
@@ -190,6 +194,28 @@ class _Reply:
 
 def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class _Stream:
+    """A listing's multistatus read response by response (``caldav_xml.MultistatusStream``),
+    its XML errors as :class:`SideError` naming the request."""
+
+    def __init__(self, reply: _Reply, what: str) -> None:
+        self._reply, self._what = reply, what
+        try:
+            self._stream = dx.MultistatusStream(reply.body)
+        except dx.XMLError as exc:
+            raise SideError(f"{what} on {urlsplit(reply.url).path}: {exc}") from None
+
+    @property
+    def sync_token(self) -> str | None:
+        return self._stream.sync_token
+
+    def responses(self) -> Iterator[dx.DavResponse]:
+        try:
+            yield from self._stream.responses()
+        except dx.XMLError as exc:
+            raise SideError(f"{self._what} on {urlsplit(self._reply.url).path}: {exc}") from None
 
 
 def _origin(url: str) -> str:
@@ -466,6 +492,15 @@ class CalDAVCalendar:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def _remember_body(self, item: str, found: _Found) -> None:
+        """Keep a read body for a later update; at most ``MAX_CACHED_BODIES`` (the oldest go:
+        an update without one GETs the resource first), so a first read of a huge calendar
+        does not hold every body."""
+        self._bodies.pop(item, None)
+        self._bodies[item] = found
+        while len(self._bodies) > MAX_CACHED_BODIES:
+            del self._bodies[next(iter(self._bodies))]
+
     def resource_of(self, item_id: str) -> str:
         """The resource an item lives in (an expanded occurrence: its series' resource)."""
         return dx.normalize_href(split_occurrence_id(item_id)[0])
@@ -521,6 +556,9 @@ class CalDAVCalendar:
             with self._writes:
                 self._writes_in_flight -= 1
                 self._writes.notify_all()
+
+    def _stream(self, reply: _Reply, what: str) -> _Stream:
+        return _Stream(reply, what)
 
     def _multistatus(self, reply: _Reply, what: str) -> dx.Multistatus:
         try:
@@ -670,9 +708,9 @@ class CalDAVCalendar:
             )
             if reply.status != 207:
                 self._token_failure(reply)
-            ms = self._multistatus(reply, "sync-collection")
+            ms = self._stream(reply, "sync-collection")
             truncated = False
-            for r in ms.responses:
+            for r in ms.responses():
                 if r.status == 507:
                     truncated = True
                     continue
@@ -739,7 +777,7 @@ class CalDAVCalendar:
         if reply.status != 207:
             raise _collection_error(reply, "PROPFIND")
         out: dict[str, str | None] = {}
-        for r in self._multistatus(reply, "PROPFIND listing").responses:
+        for r in self._stream(reply, "PROPFIND listing").responses():
             item = dx.normalize_href(r.href)
             if item.rstrip("/") == self.path.rstrip("/") and r.status in (404, 410):
                 # Xandikos answers a PROPFIND on a missing collection with 207 + an inner 404.
@@ -792,20 +830,39 @@ class CalDAVCalendar:
 
     def _read(self, ids: Iterable[str]) -> dict[str, _ReadResult]:
         """Bodies of these (canonical) ids: calendar-multiget in chunks, GET for the leftovers."""
-        ids = list(dict.fromkeys(ids))
         out: dict[str, _ReadResult] = {}
-        chunks = [ids[start : start + self.multiget_chunk] for start in range(0, len(ids), self.multiget_chunk)]
-        if len(chunks) > 1:  # bounded chunks, a few in flight (one round trip each)
-            with ThreadPoolExecutor(max_workers=min(READS_IN_FLIGHT, len(chunks)),
-                                    thread_name_prefix="multiget") as pool:
-                for found in pool.map(self._multiget, chunks):
-                    out.update(found)
-        elif chunks:
-            out.update(self._multiget(chunks[0]))
-        for item in ids:
-            if item not in out:
-                out[item] = self._get_one(item)
+        for part in self._read_chunks(ids):
+            out.update(part)
         return out
+
+    def _read_chunks(self, ids: Iterable[str]) -> Iterator[dict[str, _ReadResult]]:
+        """:meth:`_read` a chunk at a time, in order: calendar-multiget chunks of
+        ``multiget_chunk`` ids, ``READS_IN_FLIGHT`` of them fetched ahead while the caller
+        works on the current one (so at most that many chunks' bodies are held at once)."""
+        ids = list(dict.fromkeys(ids))
+        chunks = [ids[start : start + self.multiget_chunk] for start in range(0, len(ids), self.multiget_chunk)]
+        if len(chunks) <= 1:
+            for chunk in chunks:
+                yield self._with_leftovers(chunk, self._multiget(chunk))
+            return
+        with ThreadPoolExecutor(max_workers=READS_IN_FLIGHT, thread_name_prefix="multiget") as pool:
+            upcoming = iter(chunks)
+            ahead = deque((chunk, pool.submit(self._multiget, chunk))
+                          for chunk in itertools.islice(upcoming, READS_IN_FLIGHT))
+            while ahead:
+                chunk, fetching = ahead.popleft()
+                found = fetching.result()
+                following = next(upcoming, None)
+                if following is not None:
+                    ahead.append((following, pool.submit(self._multiget, following)))
+                yield self._with_leftovers(chunk, found)
+
+    def _with_leftovers(self, chunk: list[str], found: dict[str, _ReadResult]) -> dict[str, _ReadResult]:
+        """Ids a multiget did not answer are read one by one (GET)."""
+        for item in chunk:
+            if item not in found:
+                found[item] = self._get_one(item)
+        return {item: found[item] for item in chunk}
 
     def _multiget(self, chunk: list[str]) -> dict[str, _ReadResult]:
         # RFC 4791 7.9: no Depth header needed ("the Depth header MUST be ignored").
@@ -851,7 +908,7 @@ class CalDAVCalendar:
         self, wanted: list[str], etags: Mapping[str, str | None], spelled: Mapping[str, str]
     ) -> list[RemoteItem]:
         out: list[RemoteItem] = []
-        for item, result in self._read(wanted).items():
+        for item, result in ((i, r) for part in self._read_chunks(wanted) for i, r in part.items()):
             if result == _GONE:
                 continue  # removed since it was listed: the next read reports it
             if isinstance(result, _Failed):
@@ -931,7 +988,7 @@ class CalDAVCalendar:
                 event=None,
                 error=f"payload too large: {size} bytes (limit {self.max_item_bytes})",
             )
-        self._bodies[item] = found
+        self._remember_body(item, found)
         try:
             event = event_from_ical(found.body)
         except ItemError as exc:
@@ -1193,7 +1250,7 @@ class CalDAVCalendar:
         if self.window is not None:
             stored = stored.clipped(*self.window)
         if etag is not None:
-            self._bodies[item] = _Found(etag, body)
+            self._remember_body(item, _Found(etag, body))
         else:
             self._bodies.pop(item, None)
         return WriteResult(id=id_as if id_as is not None else item, etag=etag, event=stored)
