@@ -84,7 +84,7 @@ def apply_plan(
     order. A side-wide error stops new actions from starting; writes in flight finish and
     save their rows, then the first such error is raised."""
     result = ApplyResult()
-    if workers <= 1:
+    if workers <= 1 or len(plan.actions) <= 1:
         for action in plan.actions:
             _carry_out(action, sides, store, result, on_write)
         return result

@@ -12,6 +12,7 @@
     davbridge status [--user UPN] [--json]
     davbridge audit --user UPN [--since ISO] [--until ISO] [--json] | audit --purge
     davbridge secrets set NAME          (value from stdin: the Graph client secret, ...)
+    davbridge --version
 
     PAIRING SETTINGS: --direction --conflict-policy --window-past-days --window-future-days
                       --first-sync-cap --only-new/--all-events --privacy-title TITLE / --no-privacy
@@ -82,8 +83,24 @@ def _settings(args: argparse.Namespace) -> admin.PairingSettings:
         args.window_past_days, args.window_future_days, args.first_sync_cap, args.only_new, args.privacy_title)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: print the installed package's version and exit (looked up only when asked)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("davbridge")
+        except metadata.PackageNotFoundError:  # a source tree that was never installed
+            version = "unknown"
+        print(f"davbridge {version}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="davbridge", description="Microsoft 365 <-> CalDAV calendar sync")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (no event contents)")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
