@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -76,9 +77,16 @@ class AzureRuntime:
     """Start with :meth:`start`; stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, azurite: AzuriteServer, caldav: CalDAVServer, workdir: Path, *,
-                 users: Iterable[str] = ("ada", "bob", "cy")) -> None:
+                 users: Iterable[str] = ("ada", "bob", "cy"), setup_workers: int = 1,
+                 host_workers: int | None = None) -> None:
+        """``setup_workers``: users onboarded (calendar made, ``admin.add_user``) that many at
+        a time, for benchmarks with many users; the Graph stand-in learns of them one by one.
+        ``host_workers``: the host's thread pool, shared by every function as in the Python
+        worker (``PYTHON_THREADPOOL_THREAD_COUNT``; None: its default, ``min(32, cpu + 4)``)."""
         self.azurite, self.caldav, self.workdir = azurite, caldav, Path(workdir)
         self.user_names = list(users)
+        self.setup_workers = max(1, setup_workers)
+        self.host_workers = host_workers
         self.suffix = uuid.uuid4().hex[:8]
         self.calendars: dict[str, CalDAVUserApp] = {}
         self.syncs: list[tuple[str, str]] = []
@@ -117,7 +125,8 @@ class AzureRuntime:
         }
         host_json = json.loads(Path(function_app.__file__).with_name("host.json").read_text())
         host_json["extensions"]["queues"]["visibilityTimeout"] = "00:00:01"  # fast retries in tests
-        self.host = FunctionHost(function_app.app, settings=settings, host_json=host_json, ssl_context=context)
+        self.host = FunctionHost(function_app.app, settings=settings, host_json=host_json, ssl_context=context,
+                                 max_workers=self.host_workers)
         self.host.start()
         settings["DAVBRIDGE_WEBHOOK_URL"] = self.host.url("graph/notifications")
         settings["DAVBRIDGE_LIFECYCLE_URL"] = self.host.url("graph/lifecycle")
@@ -130,14 +139,23 @@ class AzureRuntime:
         self.services.secrets.set("graph-client-secret", SECRET)
         self.graph = GraphUserApp(sim.graph_url, sim.authority_host, TENANT, CLIENT_ID, SECRET, sim.ca_path)
         for name in self.user_names:
-            upn = f"{name}-{self.suffix}@contoso.test"
-            sim.add_user(upn)
-            calendar = self.caldav.new_calendar(f"rt {name} {self.suffix}")
-            report = admin.add_user(self.services, upn, caldav_url=self.caldav.url,
-                                    caldav_username=self.caldav.username, caldav_password=self.caldav.password,
-                                    caldav_calendar=calendar)
-            assert report.ok, report.user.auth_status
-            self.calendars[upn] = CalDAVUserApp(self.caldav, calendar)
+            sim.add_user(self.upn(name))
+        first, rest = self.user_names[:1], self.user_names[1:]
+        for name in first if self.setup_workers > 1 else self.user_names:
+            self._onboard(name)  # the first one alone: it makes the shared Graph client and token
+        if self.setup_workers > 1 and rest:
+            with ThreadPoolExecutor(self.setup_workers, thread_name_prefix="runtime-setup") as pool:
+                list(pool.map(self._onboard, rest))  # re-raises the first failure
+            self.calendars = {self.upn(name): self.calendars[self.upn(name)] for name in self.user_names}
+
+    def _onboard(self, name: str) -> None:
+        upn = self.upn(name)
+        calendar = self.caldav.new_calendar(f"rt {name} {self.suffix}")
+        report = admin.add_user(self.services, upn, caldav_url=self.caldav.url,
+                                caldav_username=self.caldav.username, caldav_password=self.caldav.password,
+                                caldav_calendar=calendar)
+        assert report.ok, report.user.auth_status
+        self.calendars[upn] = CalDAVUserApp(self.caldav, calendar)
 
     def _observe_syncs(self) -> None:
         original, record = self._original_sync_user, self.syncs

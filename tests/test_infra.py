@@ -59,7 +59,8 @@ CONNECTION_SERVICES = {
     "table": "tableServiceUri",
 }
 #: App settings read by the Functions host or its Application Insights integration.
-HOST_SETTING_PREFIXES = ("AzureWebJobsStorage__", "APPLICATIONINSIGHTS_")
+#: Read by the Functions host or the Python worker, not by davbridge's code.
+HOST_SETTING_PREFIXES = ("AzureWebJobsStorage__", "APPLICATIONINSIGHTS_", "PYTHON_THREADPOOL_THREAD_COUNT")
 #: Flex Consumption refuses these: runtime, scale and deployment come from functionAppConfig.
 FLEX_FORBIDDEN = {
     "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "FUNCTIONS_WORKER_RUNTIME_VERSION",

@@ -156,6 +156,10 @@ var appSettingsBase = {
   DAVBRIDGE_QUEUE_URL: 'azurequeue:${queueEndpoint}'
   DAVBRIDGE_SYNC_QUEUE: syncQueueName
   SYNC_SCHEDULE: syncSchedule
+  // More worker threads than queue messages in flight (batchSize 16 + newBatchThreshold 8):
+  // a sync that creates a Graph subscription waits for Graph's validation request to the
+  // webhook on this same app, which needs a free thread (else it times out).
+  PYTHON_THREADPOOL_THREAD_COUNT: '32'
   DAVBRIDGE_WEBHOOK_URL: '${appBaseUrl}/api/graph/notifications'
   DAVBRIDGE_LIFECYCLE_URL: '${appBaseUrl}/api/graph/lifecycle'
   DAVBRIDGE_WEBHOOK_DEBOUNCE_SECONDS: '5'
