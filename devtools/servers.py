@@ -265,7 +265,7 @@ def dav_request(
     auth: tuple[str, str] | None = None,
     body: bytes | str | None = None,
     headers: Mapping[str, str] | None = None,
-    timeout: float = 10.0,
+    timeout: float = 30.0,
 ) -> HTTPResult:
     """One raw HTTP request (no redirects, no retries); never raises for HTTP status codes.
 
