@@ -97,14 +97,25 @@ def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime 
             result = PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
         else:
             audit = None if dry_run else AuditTrail(user.upn, pairing.pairing_id, trigger)
-            result = sync_pairing(pairing, opened, store, window=window, dry_run=dry_run, on_write=on_write,
-                                  on_plan=on_plan, now=now, audit=audit, workers=workers)
+            try:
+                result = sync_pairing(pairing, opened, store, window=window, dry_run=dry_run, on_write=on_write,
+                                      on_plan=on_plan, now=now, audit=audit, workers=workers)
+            finally:
+                _close(opened)
         if not dry_run:
             _save_status(store, user, result, started=now)
         outcome.pairings.append(result)
     if not dry_run:
         _settle_user_status(store, user, outcome)
     return outcome
+
+
+def _close(sides: Mapping[SideName, Side]) -> None:
+    """Sides opened for one pairing that hold their own connections (CalDAV) close them."""
+    for side in sides.values():
+        close = getattr(side, "close", None)
+        if callable(close):
+            close()
 
 
 def _settle_user_status(store: StateStore, user: UserRecord, outcome: UserOutcome) -> None:

@@ -492,6 +492,12 @@ class CalDAVCalendar:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Close this calendar's HTTP connections (a server has few connection slots: Cyrus
+        httpd serves each kept-alive connection with a process of its ``maxchild``)."""
+        with contextlib.suppress(Exception):
+            self._http.client.session.close()
+
     def _remember_body(self, item: str, found: _Found) -> None:
         """Keep a read body for a later update; at most ``MAX_CACHED_BODIES`` (the oldest go:
         an update without one GETs the resource first), so a first read of a huge calendar
