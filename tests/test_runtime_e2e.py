@@ -210,7 +210,9 @@ def test_a_crashing_sync_lands_in_the_poison_queue_and_in_status(runtime: Runtim
     wait_for(poisoned, 60, "the poison record")
     failed = [i for i in rt.host.invocations if i.function == "sync_worker" and not i.ok]
     assert len(failed) == 5 and all("RuntimeError" in (i.error or "") for i in failed)
-    assert any(i.function == "sync_poison" and i.ok for i in rt.host.invocations)
+    # The status row is written inside sync_poison; its invocation is recorded once it returns.
+    wait_for(lambda: any(i.function == "sync_poison" and i.ok for i in rt.host.invocations), 10,
+             "the sync_poison invocation")
 
     # The admin status endpoint (function key) shows it; without the key: 401.
     status_url = rt.host.function_url("admin_api", path=f"users/{cy}/status")
