@@ -35,7 +35,6 @@ import http.client
 import random
 import re
 import socket
-import struct
 import sys
 import threading
 import time
@@ -45,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from devtools.faultrules import RuleMatching, drop_connection, methods_of
 
 KINDS = ("error", "delay", "reset")
 _HOP_BY_HOP = frozenset(
@@ -70,16 +71,8 @@ _REASONS = {
 }
 
 
-def _methods(value: str | Iterable[str]) -> frozenset[str]:
-    items = [value] if isinstance(value, str) else list(value)
-    out = frozenset(m.strip().upper() for item in items for m in item.split(",") if m.strip())
-    if not out:
-        raise ValueError("methods must name at least one HTTP method (or '*')")
-    return out
-
-
 @dataclass
-class ProxyFault:
+class ProxyFault(RuleMatching):
     """One fault rule (see the module docstring); build it with :func:`error`, :func:`delay`,
     :func:`reset`."""
 
@@ -108,17 +101,8 @@ class ProxyFault:
         self.status = int(self.status)
         self.count = int(self.count)
         self.probability = float(self.probability)
-        self.methods = _methods(self.methods)
+        self.methods = methods_of(self.methods)
         self._pattern = re.compile(self.path)
-
-    @property
-    def left(self) -> int:
-        return self.count - self.fired
-
-    def matches(self, method: str, path: str) -> bool:
-        methods = self.methods
-        assert isinstance(methods, frozenset)
-        return ("*" in methods or method.upper() in methods) and self._pattern.search(path) is not None
 
     def describe(self) -> dict[str, Any]:
         data = asdict(self)
@@ -592,7 +576,4 @@ class FaultProxy:
     def _reset(h: _Handler) -> None:
         """TCP reset (SO_LINGER 0): the client sees its connection die without an answer."""
         h.close_connection = True
-        with suppress(OSError):
-            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with suppress(OSError):
-            h.connection.close()
+        drop_connection(h.connection, rst=True)

@@ -41,15 +41,13 @@ from __future__ import annotations
 
 import random
 import re
-import socket
-import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from devtools.faultrules import RuleMatching, drop_connection, methods_of
 from devtools.graphsim.odata import error_body
 from devtools.graphsim.routes import Response
 
@@ -81,16 +79,8 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
 EXPIRED_TOKEN_MESSAGE = "Lifetime validation failed, the token is expired."
 
 
-def _methods(value: str | Iterable[str]) -> frozenset[str]:
-    items = [value] if isinstance(value, str) else list(value)
-    out = frozenset(m.strip().upper() for item in items for m in item.split(",") if m.strip())
-    if not out:
-        raise ValueError("methods must name at least one HTTP method (or '*')")
-    return out
-
-
 @dataclass
-class Fault:
+class Fault(RuleMatching):
     """One fault rule; see the module docstring. Build it with the helpers below or directly."""
 
     kind: str = "status"
@@ -125,17 +115,8 @@ class Fault:
         self.status = int(self.status)
         self.count = int(self.count)
         self.probability = float(self.probability)
-        self.methods = _methods(self.methods)
+        self.methods = methods_of(self.methods)
         self._pattern = re.compile(self.path)
-
-    @property
-    def left(self) -> int:
-        return self.count - self.fired
-
-    def matches(self, method: str, path: str) -> bool:
-        methods = self.methods
-        assert isinstance(methods, frozenset)
-        return ("*" in methods or method.upper() in methods) and self._pattern.search(path) is not None
 
     def error(self) -> tuple[int, str, str, dict[str, str]]:
         """(status, code, message, headers) of a ``status`` fault."""
@@ -314,19 +295,6 @@ def _bearer(authorization: str | None) -> str | None:
     if authorization and authorization.lower().startswith("bearer "):
         return authorization[7:].strip() or None
     return None
-
-
-def drop_connection(connection: socket.socket, *, rst: bool) -> None:
-    """Give up on a client connection without answering: with ``rst`` a TCP reset (SO_LINGER 0),
-    else an orderly close. The close completes when the request handler lets go of the socket."""
-    if rst:
-        with suppress(OSError):
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    else:
-        with suppress(OSError):
-            connection.shutdown(socket.SHUT_RDWR)
-    with suppress(OSError):
-        connection.close()
 
 
 # -- the server's hooks (server.py calls these around its own request handling) ------------------
