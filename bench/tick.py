@@ -67,6 +67,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from devtools.sendhook import watching_requests
+
 USERS = 1000
 QUICK_USERS = 50
 EVENTS_PER_SIDE = 5
@@ -188,36 +190,6 @@ def _operation(service: str, method: str, path: str, query: str) -> str:
             return f"{method} delta"
         return f"{method} {re.sub(r'/users/[^/]+', '/users/{upn}', path)[:60]}"
     return method
-
-
-@contextlib.contextmanager
-def counting_requests(counter: RequestCounter) -> Iterator[RequestCounter]:
-    """Wrap ``Session.send`` of requests (and niquests, the CalDAV client's library)."""
-    import requests
-
-    sessions: list[Any] = [requests.Session]
-    with contextlib.suppress(ImportError):
-        import niquests
-
-        sessions.append(niquests.Session)
-    undo: list[tuple[Any, Any]] = []
-    for cls in sessions:
-        original = cls.send
-
-        def send(self: Any, request: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return _original(self, request, *args, **kwargs)
-            finally:
-                counter.record(str(request.method), str(request.url), time.perf_counter() - started)
-
-        cls.send = send
-        undo.append((cls, original))
-    try:
-        yield counter
-    finally:
-        for cls, original in undo:
-            cls.send = original
 
 
 # -- CPU time per thread and per process -----------------------------------------------------
@@ -606,7 +578,7 @@ def measure(users: int, host_workers: int | None = HOST_WORKERS, *, profile: boo
             for cls in side_classes:
                 cls.changes = _as_part(syncs_cpu, cls.changes)
             warnings = _Warnings()
-            with counting_requests(counter):
+            with watching_requests(counter.record):
                 first = _fire_and_settle(rt, users, timeout)
                 first_syncs = len(rt.syncs)
                 rt.settle(timeout=timeout)  # late notifications of the first copies

@@ -122,8 +122,8 @@ class BenchWorld:
         assert self.services is not None
         store = self.services.store
         (pairing,) = store.list_pairings(upn)
-        caldav = json.loads(store.get_cursor(pairing.pairing_id, "caldav") or "{}")
-        graph = json.loads(store.get_cursor(pairing.pairing_id, "m365") or "{}")
+        caldav = json.loads(store.cursors(pairing.pairing_id).get("caldav") or "{}")
+        graph = json.loads(store.cursors(pairing.pairing_id).get("m365") or "{}")
         link = graph["link"]
         if not link.startswith("https://"):
             link = self.services.graph().base_url + link

@@ -58,6 +58,7 @@ import msal
 import requests
 
 from sync_core.errors import AuthenticationFailed, DavbridgeError, SideError
+from sync_core.http_sessions import new_session
 from sync_core.secrets.base import SecretStore, check_secret_name
 from sync_core.sides.graph_http import PUBLIC_AUTHORITY_HOST, GraphCredentials, _uses_instance_discovery
 
@@ -272,7 +273,7 @@ class DelegatedAuth:
         self.flow_ttl = flow_ttl
         self._secrets = secrets
         self._clock = clock
-        http_session = session or requests.Session()
+        http_session = session or new_session()
         http_session.verify = verify
         self._http = _HttpClient(http_session, timeout)
         self._lock = threading.Lock()

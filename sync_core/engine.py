@@ -48,6 +48,9 @@ class PairingOutcome:
     error: str | None = None
     notices: dict[str, str] = field(default_factory=dict)
     reread: set[str] = field(default_factory=set)
+    #: Quarantined items after the run, when the run knows it without reading the pending
+    #: rows again (nothing was read, retried or written); None: the status reads them.
+    quarantined: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,12 +83,14 @@ WRITES_IN_FLIGHT = 4
 
 def sync_user(upn: str, *, store: StateStore, sides: SideFactory, now: datetime | None = None,
               dry_run: bool = False, on_write: WriteHook | None = None, trigger: str = "manual",
-              on_plan: PlanHook | None = None, workers: int = 1) -> UserOutcome:
+              on_plan: PlanHook | None = None, workers: int = 1, user: UserRecord | None = None) -> UserOutcome:
     """Sync every pairing of one user. A failing pairing is recorded and the others go on.
     Every write is recorded in the audit log with ``trigger``; ``workers``: see
-    :func:`~sync_core.apply.apply_plan`."""
+    :func:`~sync_core.apply.apply_plan`; ``user``: the user's row when the caller just read
+    it (the queue worker), saving a read."""
     now = now or utcnow()
-    user = store.get_user(upn)
+    if user is None or user.upn.casefold() != upn.casefold():
+        user = store.get_user(upn)
     if user is None:
         raise DavbridgeError(f"unknown user {upn!r}")
     outcome = UserOutcome(user.upn)
@@ -247,7 +252,8 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
                  now: datetime | None = None, audit: AuditTrail | None = None, workers: int = 1) -> PairingOutcome:
     """Read, reconcile, apply one pairing. Errors are returned in the outcome, not raised."""
     pid = pairing.pairing_id
-    cursors = {side: store.get_cursor(pid, side.value) for side in SideName}
+    saved = store.cursors(pid)
+    cursors = {side: saved.get(side.value) for side in SideName}
     rules = _pairing_rules(pairing, window, now, cursors)
     try:
         pending = store.pending(pid)
@@ -291,7 +297,10 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
         if plan.over_first_sync_cap:
             notices["first sync"] = (f"{plan.over_first_sync_cap} older or later events were not copied "
                                      f"(first-sync cap {pairing.first_sync_cap}); they sync once they change")
-        return PairingOutcome(pairing, plan=plan, applied=applied, notices=notices, reread=reread)
+        untouched = not plan.actions and not any(retried.values()) \
+            and not any(b.changed or b.deleted for b in batches.values())
+        return PairingOutcome(pairing, plan=plan, applied=applied, notices=notices, reread=reread,
+                              quarantined=sum(1 for p in pending if p.quarantined) if untouched else None)
     except DavbridgeError as exc:
         log.warning("pairing %s failed: %s: %s", pid, type(exc).__name__, exc)
         return PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
@@ -424,7 +433,8 @@ def _save_status(store: StateStore, user: UserRecord, result: PairingOutcome, *,
         ok=result.ok,
         last_success_at=utcnow() if result.ok else (previous.last_success_at if previous else None),
         counts=dict(result.applied.counts) if result.applied else {},
-        quarantined=sum(1 for p in store.pending(result.pairing.pairing_id) if p.quarantined),
+        quarantined=result.quarantined if result.quarantined is not None
+        else sum(1 for p in store.pending(result.pairing.pairing_id) if p.quarantined),
         error=result.error,
         notices=merged_notices(previous.notices if previous else [], result),
     )

@@ -184,7 +184,7 @@ def run_queued_sync(services: Services, body: bytes | str, *, busy_retry_seconds
             return {"result": "already-synced"}
         problem = _check_subscription(services, user.upn) if request.check_subscription else None
         try:
-            outcome = services.sync_user(user.upn, trigger="+".join(request.triggers) or message.trigger)
+            outcome = services.sync_user(user.upn, trigger="+".join(request.triggers) or message.trigger, user=user)
         except Exception as exc:
             store.request_sync(user.upn, "retry", stale_after=REQUEST_STALE_AFTER)  # the retry needs it
             _record_user_error(services, user.upn, f"the sync crashed ({type(exc).__name__}); it is retried")

@@ -95,15 +95,19 @@ class AzureSyncQueue:
     def __init__(self, target: str, queue_name: str, *, credential: Any = None) -> None:
         from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+        from sync_core.http_sessions import azure_transport
+
         encode = TextBase64EncodePolicy()
         if target.startswith("https://") or target.startswith("http://"):
             if credential is None:
                 from azure.identity import DefaultAzureCredential
 
                 credential = DefaultAzureCredential()
-            self._client = QueueClient(target, queue_name, credential=credential, message_encode_policy=encode)
+            self._client = QueueClient(target, queue_name, credential=credential, message_encode_policy=encode,
+                                       transport=azure_transport())
         else:
-            self._client = QueueClient.from_connection_string(target, queue_name, message_encode_policy=encode)
+            self._client = QueueClient.from_connection_string(target, queue_name, message_encode_policy=encode,
+                                                               transport=azure_transport())
         self._ready = False
         self._lock = threading.Lock()
 

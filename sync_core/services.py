@@ -268,10 +268,11 @@ class Services:
             self.store.release_lease(upn, owner)
 
     def sync_user(self, upn: str, *, dry_run: bool = False, trigger: str = "manual",
-                  on_write: WriteHook | None = None, on_plan: PlanHook | None = None) -> UserOutcome:
+                  on_write: WriteHook | None = None, on_plan: PlanHook | None = None,
+                  user: UserRecord | None = None) -> UserOutcome:
         log.info("sync %s (trigger=%s, dry_run=%s)", "user", trigger, dry_run)
         return sync_user(upn, store=self.store, sides=self, dry_run=dry_run, on_write=on_write, trigger=trigger,
-                         on_plan=on_plan, workers=WRITES_IN_FLIGHT)
+                         on_plan=on_plan, workers=WRITES_IN_FLIGHT, user=user)
 
     def purge_audit(self) -> int:
         """Age out audit rows older than the retention (30 days)."""

@@ -13,15 +13,18 @@ with the Graph stand-in delivering real HTTPS notifications and a real Radicale.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
 
 from devtools.runtime import TENANT, AzureRuntime, slot, wait_for
+from devtools.sendhook import watching_requests
 from devtools.servers import AzuriteServer
 from sync_core import handlers
 from sync_core.services import Services
@@ -228,3 +231,36 @@ def test_a_crashing_sync_lands_in_the_poison_queue_and_in_status(runtime: Runtim
     rt.settle()
     user = rt.services.store.get_user(cy)
     assert user is not None and user.last_error is None
+
+
+#: Table requests of one user in a steady tick: the timer's insert of the sync request, then the
+#: sync's user read, lease insert, request read and delete, pairings, cursors, pending, status
+#: read, status write, new delta cursor, lease delete (18 before issue 8's changes).
+USER_TABLE_REQUESTS = 12
+TIMER_TABLE_REQUESTS = 4
+
+
+def test_a_steady_tick_costs_each_user_one_insert_and_a_few_table_requests(runtime: Runtime) -> None:
+    """Issue 8, tick: in steady state a user's timer request is one insert and its sync about
+    ten Table requests (user, lease, request, pairings, cursors, pending, status; no link
+    rows read), one delta GET and one sync-collection REPORT."""
+    rt = runtime
+    rt.tick()
+    rt.tick()  # the first tick's copies echo once; after this one nothing is left to write
+    table = urlsplit(rt.azurite.table_url).netloc
+    seen: list[tuple[str, str]] = []
+
+    def record(method: str, url: str, _seconds: float) -> None:
+        where = urlsplit(url)
+        if where.netloc == table:
+            seen.append((method, unquote(where.path)))
+
+    rt.syncs.clear()
+    with watching_requests(record):
+        rt.tick()
+    users = len(rt.user_names)
+    assert sorted(rt.syncs) == sorted((rt.upn(n), "timer") for n in rt.user_names)
+    assert not [path for _, path in seen if "links" in path]  # nothing changed: no link rows read
+    # The timer lists users and subscriptions and ages out the audit log (a few requests), and
+    # each user costs one insert there plus its sync's requests.
+    assert len(seen) <= TIMER_TABLE_REQUESTS + users * USER_TABLE_REQUESTS, Counter(m for m, _ in seen)

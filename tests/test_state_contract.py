@@ -205,15 +205,13 @@ def test_links_page_over_a_thousand_rows(store: StateStore) -> None:
 
 def test_cursors(store: StateStore) -> None:
     delta = "https://graph.microsoft.com/v1.0/users/x/calendars/y/events/delta?$deltatoken=" + "a%2Fb" * 300
-    assert store.get_cursor("p/1", "m365") is None
+    assert store.cursors("p/1").get("m365") is None
     store.save_cursor("p/1", "m365", delta)
     store.save_cursor("p/1", "caldav", "http://radicale.org/ns/sync/42")
-    assert store.get_cursor("p/1", "m365") == delta
-    assert store.get_cursor("p/1", "caldav") == "http://radicale.org/ns/sync/42"
-    assert store.get_cursor("p/2", "m365") is None
+    assert store.cursors("p/1") == {"m365": delta, "caldav": "http://radicale.org/ns/sync/42"}
+    assert store.cursors("p/2") == {}
     store.save_cursor("p/1", "m365", None)  # reset: full resync next run
-    assert store.get_cursor("p/1", "m365") is None
-    assert store.get_cursor("p/1", "caldav") == "http://radicale.org/ns/sync/42"
+    assert store.cursors("p/1") == {"caldav": "http://radicale.org/ns/sync/42"}
 
 
 def test_pending_with_forbidden_characters_and_long_ids(store: StateStore) -> None:
@@ -365,11 +363,11 @@ def test_delete_pairing_removes_everything_of_it_only(store: StateStore) -> None
     store.delete_pairing(gone)
     assert store.list_pairings("ada@contoso.test") == [kept]
     assert store.links(NASTY) == [] and store.pending(NASTY) == [] and store.get_status(NASTY) is None
-    assert store.get_cursor(NASTY, "m365") is None and store.get_cursor(NASTY, "caldav") is None
+    assert store.cursors(NASTY).get("m365") is None and store.cursors(NASTY).get("caldav") is None
     for p, n in ((kept, 3), (other, 1)):
         pid = p.pairing_id
         assert len(store.links(pid)) == n and len(store.pending(pid)) == 2
-        assert store.get_cursor(pid, "m365") == "delta" and store.get_cursor(pid, "caldav") == "token"
+        assert store.cursors(pid).get("m365") == "delta" and store.cursors(pid).get("caldav") == "token"
         assert store.get_status(pid) is not None
     assert store.list_pairings("bob@contoso.test") == [other]
     # The audit log is history: it ages out on its own.
@@ -659,7 +657,7 @@ def test_keys_hold_no_forbidden_character(tables: tuple[TableStateStore, TableSe
             assert not FORBIDDEN & set(key), key
             assert len(key.encode("utf-16-le")) <= 1024
     assert {(p.side, p.item_id) for p in store.pending(NASTY)} == {("caldav", long_id), (NASTY, NASTY)}
-    assert store.get_cursor(NASTY, NASTY) == "c"
+    assert store.cursors(NASTY).get(NASTY) == "c"
     assert store.get_subscription(NASTY) is not None and store.list_pairings(upn)[0].pairing_id == NASTY
     assert [e.item_id for e in store.audit(upn, T0, T0 + timedelta(seconds=1))] == [NASTY]
 

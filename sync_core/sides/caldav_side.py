@@ -76,6 +76,7 @@ from sync_core.errors import (
     Throttled,
     UnsupportedEvent,
 )
+from sync_core.http_sessions import tune_session
 from sync_core.model import Event, Occurrence, in_window, instant_text
 from sync_core.sides import caldav_xml as dx
 from sync_core.sides.base import ChangeBatch, RemoteItem, SideName, WriteResult
@@ -161,7 +162,7 @@ def open_caldav(
     if not url.lower().startswith(("https://", "http://")):
         raise SideError("the CalDAV URL must start with https:// (or http:// for a local server)")
     try:
-        return DAVClient(
+        client = DAVClient(
             url=url,
             username=username,
             password=password,
@@ -170,6 +171,8 @@ def open_caldav(
             ssl_verify_cert=verify,
             enable_rfc6764=False,
         )
+        tune_session(client.session)
+        return client
     except caldav_error.DAVError as exc:
         raise SideError(f"cannot set up the CalDAV client for {_origin(url)}: {type(exc).__name__}") from None
 

@@ -50,6 +50,7 @@ from sync_core.errors import (
     SideError,
     Throttled,
 )
+from sync_core.http_sessions import new_session
 
 log = logging.getLogger("davbridge.graph")
 
@@ -227,7 +228,7 @@ class GraphAuth:
     ) -> None:
         self.credentials = credentials
         self.scope = scope
-        self._session = session or requests.Session()
+        self._session = session or new_session()
         if verify is not None:
             self._session.verify = verify
         self._http = _MsalHttpClient(self._session, timeout)
@@ -416,7 +417,7 @@ class GraphClient:
         if split.scheme not in ("https", "http") or not split.netloc:
             raise ValueError("base_url must be an absolute http(s) URL")
         self._origin = (split.scheme, split.netloc.lower())
-        self.session = session or requests.Session()
+        self.session = session or new_session()
         if verify is not None:
             self.session.verify = verify
         self.max_attempts = max(1, max_attempts)

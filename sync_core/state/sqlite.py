@@ -142,9 +142,9 @@ class SQLiteStateStore:
                 db.execute(f"DELETE FROM {table} WHERE pairing_id = ?", pid)
 
     # cursors
-    def get_cursor(self, pairing_id: str, side: str) -> str | None:
-        rows = self._exec("SELECT cursor FROM cursors WHERE pairing_id = ? AND side = ?", (pairing_id, side))
-        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+    def cursors(self, pairing_id: str) -> dict[str, str]:
+        rows = self._exec("SELECT side, cursor FROM cursors WHERE pairing_id = ?", (pairing_id,))
+        return {str(side): str(cursor) for side, cursor in rows if cursor is not None}
 
     def save_cursor(self, pairing_id: str, side: str, cursor: str | None) -> None:
         self._exec("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)", (pairing_id, side, cursor))

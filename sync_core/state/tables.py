@@ -47,7 +47,10 @@ data model", "Performing entity group transactions", "Query timeout and paginati
 * Optimistic concurrency: an update or delete with ``If-Match: <etag>`` fails with 412 when
   the entity changed, an insert fails with 409 when it exists; the coordination rows
   (lease, sync request) are read-modified-written that way, so concurrent workers in any
-  number of processes never both win.
+  number of processes never both win. Both rows are normally absent (the worker deletes
+  them), so they are inserted first and read only after a 409; the lease is released with
+  the etag its insert returned. A steady-state sync costs 12 Table requests in all (see
+  ``tests/test_runtime_e2e.py``).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, TableTransactionError, UpdateMode
 
 from sync_core.errors import DavbridgeError
+from sync_core.http_sessions import azure_transport
 from sync_core.state.base import (
     AuditEntry,
     ItemLink,
@@ -342,11 +346,14 @@ class TableStateStore:
         self.table_prefix = table_prefix
         self._clients: dict[str, TableClient] = {}
         self._clients_lock = threading.Lock()
+        #: (user key, owner) -> etag of the lease row this store wrote (release: one request)
+        self._lease_etags: dict[tuple[str, str], str] = {}
+        self._lease_lock = threading.Lock()
 
     @classmethod
     def from_connection_string(cls, conn_str: str, table_prefix: str = "davbridge") -> TableStateStore:
         """Account key / SAS connection string, or ``UseDevelopmentStorage=true`` (Azurite)."""
-        return cls(TableServiceClient.from_connection_string(conn_str), table_prefix)
+        return cls(TableServiceClient.from_connection_string(conn_str, transport=azure_transport()), table_prefix)
 
     @classmethod
     def from_endpoint(cls, url: str, credential: TokenCredential | None = None,
@@ -358,7 +365,7 @@ class TableStateStore:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential()
-        return cls(TableServiceClient(endpoint=url, credential=credential), table_prefix)
+        return cls(TableServiceClient(endpoint=url, credential=credential, transport=azure_transport()), table_prefix)
 
     def table_name(self, kind: str) -> str:
         return self.table_prefix + kind
@@ -472,30 +479,30 @@ class TableStateStore:
                 time.sleep(random.uniform(0, 0.01 * min(attempt, 8)))
             yield attempt
 
-    def _write(self, kind: str, new: dict[str, Any], current: TableEntity | None) -> bool:
+    def _write(self, kind: str, new: dict[str, Any], current: TableEntity | None) -> str | None:
         """Insert ``new`` if there was no row, else replace ``current`` only if unchanged
-        (If-Match its etag). False: another worker wrote first."""
+        (If-Match its etag). Returns the new row's etag ("" if the reply had none); None:
+        another worker wrote first."""
         table = self._table(kind)
         try:
             if current is None:
-                table.create_entity(new)
+                written = table.create_entity(new)
             else:
-                table.update_entity(new, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
-                                    match_condition=MatchConditions.IfNotModified)
+                written = table.update_entity(new, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
+                                              match_condition=MatchConditions.IfNotModified)
         except HttpResponseError as exc:
             if _lost_race(exc):
-                return False
+                return None
             raise
-        return True
+        return str(written.get("etag") or "")
 
-    def _delete_if_unchanged(self, kind: str, current: TableEntity) -> bool | None:
-        """Delete ``current`` only if unchanged. True: we deleted it; None: it was already
-        gone (404); False: it changed (412)."""
+    def _delete_if_unchanged(self, kind: str, pk: str, rk: str, etag: str) -> bool | None:
+        """Delete the row only if its etag is still ``etag``. True: we deleted it; None: it
+        was already gone (404); False: it changed (412)."""
         deleted: list[bool] = []
         try:
             self._table(kind).delete_entity(
-                current["PartitionKey"], current["RowKey"], etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
+                pk, rk, etag=etag, match_condition=MatchConditions.IfNotModified,
                 # delete_entity swallows 404; the response callback runs only on 204 (deleted).
                 cls=lambda *_: deleted.append(True))
         except HttpResponseError as exc:
@@ -503,6 +510,10 @@ class TableStateStore:
                 return False
             raise
         return True if deleted else None
+
+    def _delete_current(self, kind: str, current: TableEntity) -> bool | None:
+        return self._delete_if_unchanged(kind, current["PartitionKey"], current["RowKey"],
+                                         str(current.metadata["etag"]))
 
     # users
     def save_user(self, user: UserRecord) -> None:
@@ -550,12 +561,13 @@ class TableStateStore:
         self._table("pairings").delete_entity(user_key(pairing.upn), pk)
 
     # cursors
-    def get_cursor(self, pairing_id: str, side: str) -> str | None:
-        entity = self._get("cursors", escape_key(pairing_id), escape_key(side))
-        if entity is None:
-            return None
-        cursor = json.loads(_data(entity)).get("cursor")
-        return str(cursor) if cursor is not None else None
+    def cursors(self, pairing_id: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for entity in self._query("cursors", "PartitionKey eq @pk", pk=escape_key(pairing_id)):
+            record = json.loads(_data(entity))
+            if record.get("cursor") is not None:
+                found[str(record["side"])] = str(record["cursor"])
+        return found
 
     def save_cursor(self, pairing_id: str, side: str, cursor: str | None) -> None:
         data = json.dumps({"pairing_id": pairing_id, "side": side, "cursor": cursor}, sort_keys=True)
@@ -653,16 +665,20 @@ class TableStateStore:
     # coordination (etag optimistic concurrency; see the module docstring)
     def request_sync(self, upn: str, trigger: str, *, check_subscription: bool = False,
                      stale_after: timedelta = timedelta(minutes=15), now: datetime | None = None) -> bool:
+        """Insert first: a user's request row is normally absent when the timer asks (the
+        worker took it), so the common case is one insert; a 409 reads and merges."""
         now, pk = now or utcnow(), user_key(upn)
-        for _ in self._attempts():
-            current = self._get("coordination", pk, _SYNC_REQUEST_ROW)
+        current: TableEntity | None = None
+        for attempt in self._attempts():
+            if attempt:
+                current = self._get("coordination", pk, _SYNC_REQUEST_ROW)
             existing = loads(SyncRequest, _data(current)) if current is not None else None
             request, enqueue = merge_sync_request(existing, upn, trigger, check_subscription=check_subscription,
                                                   now=now, stale_after=stale_after)
             if request == existing:
                 return enqueue  # already recorded: nothing to write
             if self._write("coordination", _entity("coordination", pk, _SYNC_REQUEST_ROW, dumps(request)),
-                           current):
+                           current) is not None:
                 return enqueue
         raise StateContention(f"sync request of one user kept changing over {RACE_ATTEMPTS} attempts")
 
@@ -672,7 +688,7 @@ class TableStateStore:
             current = self._get("coordination", pk, _SYNC_REQUEST_ROW)
             if current is None:
                 return None
-            outcome = self._delete_if_unchanged("coordination", current)
+            outcome = self._delete_current("coordination", current)
             if outcome:
                 return loads(SyncRequest, _data(current))
             # False: merged into meanwhile, take the newer one; None: taken by another worker,
@@ -680,24 +696,37 @@ class TableStateStore:
         raise StateContention(f"sync request of one user kept changing over {RACE_ATTEMPTS} attempts")
 
     def try_lease(self, upn: str, owner: str, *, ttl: timedelta, now: datetime | None = None) -> bool:
+        """Insert first (the row exists only while a sync holds the lease or after a crash):
+        one request when the user is free; a 409 reads the row and takes it over only if
+        it expired. The etag written is kept so :meth:`release_lease` is one request too."""
         now, pk = now or utcnow(), user_key(upn)
-        for _ in self._attempts():
-            current = self._get("coordination", pk, _LEASE_ROW)
-            lease = loads(LeaseRecord, _data(current)) if current is not None else None
-            if not lease_takeable(lease, owner, now):
-                return False
-            new = _entity("coordination", pk, _LEASE_ROW, dumps(LeaseRecord(upn, owner, now + ttl)))
-            if self._write("coordination", new, current):
+        new = _entity("coordination", pk, _LEASE_ROW, dumps(LeaseRecord(upn, owner, now + ttl)))
+        current: TableEntity | None = None
+        for attempt in self._attempts():
+            if attempt:
+                current = self._get("coordination", pk, _LEASE_ROW)
+                lease = loads(LeaseRecord, _data(current)) if current is not None else None
+                if not lease_takeable(lease, owner, now):
+                    return False
+            etag = self._write("coordination", new, current)
+            if etag is not None:
+                if etag:
+                    with self._lease_lock:
+                        self._lease_etags[(pk, owner)] = etag
                 return True
         raise StateContention(f"lease of one user kept changing over {RACE_ATTEMPTS} attempts")
 
     def release_lease(self, upn: str, owner: str) -> None:
         pk = user_key(upn)
+        with self._lease_lock:
+            etag = self._lease_etags.pop((pk, owner), None)
+        if etag is not None and self._delete_if_unchanged("coordination", pk, _LEASE_ROW, etag) is not False:
+            return  # deleted, or already gone; changed (412): read it and look whose it is
         for _ in self._attempts():
             current = self._get("coordination", pk, _LEASE_ROW)
             if current is None or loads(LeaseRecord, _data(current)).owner != owner:
                 return
-            if self._delete_if_unchanged("coordination", current) is not False:
+            if self._delete_current("coordination", current) is not False:
                 return
         raise StateContention(f"lease of one user kept changing over {RACE_ATTEMPTS} attempts")
 
