@@ -98,11 +98,13 @@ TOOLS = ("vdirsyncer", "davbridge")
 
 def ensure_vdirsyncer(venv: Path = VDIRSYNCER_VENV, spec: str = VDIRSYNCER_SPEC) -> Path:
     """vdirsyncer in its own venv (like checkov in devtools/install_test_deps.sh): installed from
-    PyPI when the stamp file does not name ``spec``; returns the ``vdirsyncer`` executable."""
+    PyPI when the stamp file does not name ``spec`` or the installed one does not run (a venv
+    moved from elsewhere keeps its old interpreter path); returns the ``vdirsyncer`` executable."""
     exe = venv / "bin" / "vdirsyncer"
     stamp = venv / ".installed"
-    with contextlib.suppress(OSError):
-        if stamp.read_text() == spec and exe.exists():
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        if stamp.read_text() == spec and subprocess.run(
+                [str(exe), "--version"], capture_output=True, stdin=subprocess.DEVNULL, timeout=60).returncode == 0:
             return exe
     print(f"vdirsyncer_cmp: pip install '{spec}' into {venv}", file=sys.stderr)
     shutil.rmtree(venv, ignore_errors=True)
