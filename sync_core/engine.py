@@ -257,11 +257,14 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
     rules = _pairing_rules(pairing, window, now, cursors)
     try:
         pending = store.pending(pid)
-        links = _Links(store, pid, quarantined=[p for p in pending if p.quarantined])
+        quarantined = [p for p in pending if p.quarantined]
+        links = _Links(store, pid, quarantined=quarantined)
         batches = _read_changes(sides, cursors, links, concurrently=workers > 1)
         held_before = {(p.side, p.item_id): p for p in pending}
         retried = _reread_pending(pending, sides, batches, now=now or utcnow())
-        if any(b.changed or b.deleted for b in batches.values()):
+        # Re-read pending items land in the batches too: nothing read means nothing retried.
+        read_anything = any(b.changed or b.deleted for b in batches.values())
+        if read_anything:
             _restore_deleted_mirrors(rules, links.all(), sides, batches)
             try:
                 plan = reconcile(rules, links.all(), batches[SideName.M365], batches[SideName.CALDAV])
@@ -297,10 +300,8 @@ def sync_pairing(pairing: Pairing, sides: Mapping[SideName, Side], store: StateS
         if plan.over_first_sync_cap:
             notices["first sync"] = (f"{plan.over_first_sync_cap} older or later events were not copied "
                                      f"(first-sync cap {pairing.first_sync_cap}); they sync once they change")
-        untouched = not plan.actions and not any(retried.values()) \
-            and not any(b.changed or b.deleted for b in batches.values())
         return PairingOutcome(pairing, plan=plan, applied=applied, notices=notices, reread=reread,
-                              quarantined=sum(1 for p in pending if p.quarantined) if untouched else None)
+                              quarantined=None if read_anything else len(quarantined))
     except DavbridgeError as exc:
         log.warning("pairing %s failed: %s: %s", pid, type(exc).__name__, exc)
         return PairingOutcome(pairing, error=f"{type(exc).__name__}: {exc}")
